@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test bench clean
+.PHONY: setup test bench compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ setup: $(BIN)/python
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
 
+# main job: the bundled ShapeWorld model, every method side by side, judged; writes outputs/compare/*.png
+compare: setup
+	HF_HUB_OFFLINE=1 $(BIN)/negguide bench --quick --out outputs/compare
+
 bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/negguide bench --out outputs/bench
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/perp_neg_speed.py
 
 clean:

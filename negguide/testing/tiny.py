@@ -16,51 +16,18 @@ TEST_WORDS = (
 ).split()
 
 
-def _bpe_for_words(words, end_of_word: str = "</w>"):
-    """A CLIP BPE vocabulary and merges that spell each word as one token (characters merged left to right)."""
-    vocab: dict[str, int] = {}
-
-    def add(token: str) -> None:
-        if token not in vocab:
-            vocab[token] = len(vocab)
-
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        add(special)
-    letters = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz,.!"))
-    for c in letters:
-        add(c)
-        add(c + end_of_word)
-    merges: list[tuple[str, str]] = []
-    seen = set()
-    for word in words:
-        pieces = list(word[:-1]) + [word[-1] + end_of_word]
-        while len(pieces) > 1:
-            pair = (pieces[0], pieces[1])
-            merged = pieces[0] + pieces[1]
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-            add(merged)
-            pieces = [merged] + pieces[2:]
-    return vocab, merges
-
-
 def build_clip_tokenizer(words=TEST_WORDS, model_max_length: int = 77):
     """A CLIPTokenizer whose vocabulary spells each of ``words`` as a single token."""
-    from transformers import CLIPTokenizer
+    from ..tokenizers import build_clip_tokenizer as build
 
-    vocab, merges = _bpe_for_words(sorted(set(words)))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return build(words, model_max_length)
 
 
 def build_t5_tokenizer(words=TEST_WORDS, model_max_length: int = 512):
     """A T5 (unigram) tokenizer over ``words`` plus single letters."""
-    from transformers import T5Tokenizer
+    from ..tokenizers import build_t5_tokenizer as build
 
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("\u2581" + w, -1.0) for w in sorted(set(words))]
-    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz,.!"] + [("\u2581", -3.0)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+    return build(words, model_max_length)
 
 
 def _clip_config(vocab_size: int, hidden: int = 32, projection_dim: int = 32):

@@ -1,0 +1,38 @@
+"""ShapeWorld: a world of coloured shapes whose attributes a program reads back exactly.
+
+``world`` (vocabulary, scenes, renderer, captions), ``judge`` (read-back and metrics), ``components`` and
+``train_model`` (the bundled tiny SD3 model), ``evaluate`` (its accuracy). Only the pure-numpy parts are
+imported here; the torch/diffusers modules load on use.
+"""
+
+from .judge import (
+    attribute_probability,
+    caption_satisfied,
+    detect_batch,
+    detect_objects,
+    distinct_pairs,
+    mean_pairwise_distance,
+    prompt_accuracy,
+    prompt_correct,
+)
+from .world import (
+    COLOURS,
+    FAVOURITE_COLOUR,
+    SHAPES,
+    CaptionProbs,
+    ParsedCaption,
+    Scene,
+    ShapeObject,
+    make_dataset,
+    parse_caption,
+    render,
+    sample_caption,
+    sample_scene,
+)
+
+__all__ = [
+    "COLOURS", "FAVOURITE_COLOUR", "SHAPES", "CaptionProbs", "ParsedCaption", "Scene", "ShapeObject",
+    "attribute_probability", "caption_satisfied", "detect_batch", "detect_objects", "distinct_pairs",
+    "make_dataset", "mean_pairwise_distance", "parse_caption", "prompt_accuracy", "prompt_correct", "render",
+    "sample_caption", "sample_scene",
+]

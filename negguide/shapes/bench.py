@@ -1,0 +1,224 @@
+"""The ShapeWorld efficacy benchmark: each method's paper claim as a judged number on the bundled model.
+
+Scenarios (METHODS.md section 6) fix a prompt, a negative and the attributes to read back; methods register
+themselves in ``METHODS`` (a name -> function that generates a batch for a scenario). Every (scenario, method)
+runs over several seeds; the result is a Markdown table, a JSON file and one PNG grid per scenario.
+
+    python -m negguide.shapes.bench --out outputs/bench            # full run
+    python -m negguide.shapes.bench --quick --out outputs/compare  # the smoke subset (about a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .judge import attribute_probability, distinct_pairs, mean_pairwise_distance, prompt_accuracy
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld", "sd3")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A prompt, what to leave out, and the attributes whose probability the judge reports."""
+
+    name: str
+    prompt: str
+    negative: str | None
+    attributes: tuple
+    claim: str
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("negation", "a circle", "red", ("red", "circle"),
+                 "'a circle' minus 'red' lowers P(red) and keeps P(circle)"),
+        Scenario("overlap", "a red shape", "a red circle", ("red", "circle"),
+                 "Perp-Neg: 'a red shape' minus 'a red circle' lowers P(circle) while P(red) stays high; "
+                 "plain negative prompting loses the red"),
+    )
+}
+
+
+@dataclass
+class BenchSettings:
+    """Sampling settings shared by every method (the bundled model's defaults)."""
+
+    guidance_scale: float = 5.0
+    steps: int = 20
+    images_per_seed: int = 16
+    seeds: tuple = (20_000, 20_001, 20_002, 20_003)
+    perp_neg_weight: float = 1.5
+    extra: dict = field(default_factory=lambda: {"max_sequence_length": 0})
+
+
+Generator = Callable[["object", Scenario, int, BenchSettings], np.ndarray]
+METHODS: dict[str, Generator] = {}
+
+
+def register_method(name: str):
+    """Decorator: add a method to the benchmark (later methods register from their own modules)."""
+
+    def wrap(fn: Generator) -> Generator:
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _generate(pipe, scenario: Scenario, seed: int, settings: BenchSettings, **options) -> np.ndarray:
+    out = pipe(
+        scenario.prompt, num_images_per_prompt=settings.images_per_seed, num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np", **settings.extra, **options,
+    )
+    return out.images  # [n, H, W, 3] in [0, 1]
+
+
+@register_method("none")
+def _none(pipe, scenario, seed, settings):
+    return _generate(pipe, scenario, seed, settings)
+
+
+@register_method("plain negative")
+def _plain(pipe, scenario, seed, settings):
+    return _generate(pipe, scenario, seed, settings, negatives=[scenario.negative], guidance_mode="plain")
+
+
+@register_method("perp-neg")
+def _perp(pipe, scenario, seed, settings):
+    return _generate(pipe, scenario, seed, settings, negatives=[scenario.negative],
+                     negative_weights=[settings.perp_neg_weight])
+
+
+def judge_batch(images: np.ndarray, scenario: Scenario) -> dict:
+    metrics = {f"P({a})": attribute_probability(images, a) for a in scenario.attributes}
+    metrics["prompt accuracy"] = prompt_accuracy(images, scenario.prompt)
+    metrics["distinct pairs"] = float(distinct_pairs(images))
+    metrics["pairwise distance"] = mean_pairwise_distance(images)
+    return metrics
+
+
+def run_bench(pipe, scenarios=None, methods=None, settings: BenchSettings | None = None, progress: bool = True) -> dict:
+    """Every (scenario, method) over the seeds: mean and std of each metric across seeds, plus the first seed's
+    images for the grids. ``pipe`` must accept negguide's arguments (a PerpNegPipeline)."""
+    from tqdm.auto import tqdm
+
+    settings = settings or BenchSettings()
+    scenarios = [SCENARIOS[s] if isinstance(s, str) else s for s in (scenarios or list(SCENARIOS))]
+    methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; registered: {sorted(METHODS)}")
+    results: dict = {"settings": asdict(settings), "scenarios": {}}
+    jobs = [(s, m, seed) for s in scenarios for m in methods for seed in settings.seeds]
+    per: dict = {}
+    images: dict = {}
+    for scenario, method, seed in tqdm(jobs, desc="bench", disable=not progress):
+        batch = METHODS[method](pipe, scenario, seed, settings)
+        per.setdefault((scenario.name, method), []).append(judge_batch(batch, scenario))
+        images.setdefault((scenario.name, method), batch)
+    for scenario in scenarios:
+        rows = {}
+        for method in methods:
+            runs = per[(scenario.name, method)]
+            rows[method] = {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
+                            for k in runs[0]}
+        results["scenarios"][scenario.name] = {"scenario": asdict(scenario), "methods": rows}
+    results["images"] = images
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    lines = []
+    for name, block in results["scenarios"].items():
+        sc = block["scenario"]
+        metrics = list(next(iter(block["methods"].values())))
+        lines.append(f"**{name}**: prompt \"{sc['prompt']}\", negative \"{sc['negative']}\". Claim: {sc['claim']}.\n")
+        lines.append("| method | " + " | ".join(metrics) + " |")
+        lines.append("|---|" + "---|" * len(metrics))
+        for method, row in block["methods"].items():
+            lines.append(f"| {method} | " + " | ".join(f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in metrics) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> list[str]:
+    """One PNG per scenario: a row of images per method, labelled with the judged numbers."""
+    from PIL import Image, ImageDraw
+
+    paths = []
+    for name, block in results["scenarios"].items():
+        methods = list(block["methods"])
+        tiles = [results["images"][(name, m)][:per_row] for m in methods]
+        h, w = tiles[0].shape[1] * scale, tiles[0].shape[2] * scale
+        label_w, head = 190, 22
+        canvas = Image.new("RGB", (label_w + per_row * (w + 2), head + len(methods) * (h + 2)), "white")
+        draw = ImageDraw.Draw(canvas)
+        sc = block["scenario"]
+        draw.text((4, 4), f"{sc['prompt']}  minus  {sc['negative']}", fill="black")
+        for r, (method, batch) in enumerate(zip(methods, tiles)):
+            y = head + r * (h + 2)
+            row = block["methods"][method]
+            text = [method] + [f"{k} {row[k]['mean']:.2f}" for k in row if k.startswith("P(")]
+            draw.multiline_text((4, y + 4), "\n".join(text), fill="black")
+            for c, img in enumerate(batch):
+                tile = Image.fromarray((img * 255).round().astype("uint8")).resize((w, h), Image.NEAREST)
+                canvas.paste(tile, (label_w + c * (w + 2), y))
+        path = os.path.join(folder, f"{name}.png")
+        canvas.save(path)
+        paths.append(path)
+    return paths
+
+
+def load_bench_pipeline(model: str | None = None):
+    """The bundled ShapeWorld model (or a diffusers folder) as a PerpNegPipeline, offline."""
+    from ..perpneg.pipeline import PerpNegPipeline
+    from .evaluate import load_pipeline
+
+    folder = os.path.abspath(model or DEFAULT_MODEL)
+    if not os.path.isdir(folder):
+        raise ValueError(f"model folder {folder!r} does not exist; pass --model DIR or train the bundled model")
+    pipe = PerpNegPipeline.from_pipe(load_pipeline(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="diffusers folder (default: the bundled ShapeWorld model)")
+    parser.add_argument("--out", default="outputs/bench", help="folder for results.md, results.json and grids")
+    parser.add_argument("--quick", action="store_true", help="2 seeds of 8 images: the smoke subset")
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--methods", nargs="+", default=None, help=f"default: all registered ({', '.join(METHODS)})")
+    parser.add_argument("--perp-neg-weight", type=float, default=BenchSettings.perp_neg_weight)
+    args = parser.parse_args(argv)
+    if not args.perp_neg_weight >= 0:
+        parser.error(f"--perp-neg-weight must be >= 0, got {args.perp_neg_weight}")
+    settings = BenchSettings(perp_neg_weight=args.perp_neg_weight)
+    if args.quick:
+        settings.seeds, settings.images_per_seed = (20_000, 20_001), 8
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    results = run_bench(load_bench_pipeline(args.model), args.scenarios, args.methods, settings)
+    table = markdown_table(results)
+    grids = save_grids(results, args.out)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({k: v for k, v in results.items() if k != "images"}, f, indent=1)
+    print(table)
+    print(f"wrote {os.path.join(args.out, 'results.md')}, results.json and {', '.join(grids)} "
+          f"in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Train the bundled ShapeWorld SD3-style model from scratch (CPU or GPU), resumable, and export it.
+
+    python -m negguide.shapes.train_model --out assets/shapeworld/sd3 --ckpt /tmp/shapeworld_run --max-minutes 90
+
+Stage 1 trains the tiny VAE until the judge reads its reconstructions back (or ``--vae-minutes`` run out) and
+sets its scaling/shift factors from the latent statistics. Stage 2 trains the transformer and both CLIP text
+encoders jointly with rectified flow (logit-normal times), an EMA, and captions that are empty 10% of the time
+(for classifier-free guidance). The batch of step ``k`` is a pure function of (seed, stage, k), so a run that
+is stopped and restarted from its checkpoint continues exactly. ``--export-only`` writes the EMA weights of the
+latest checkpoint as a diffusers folder loadable with ``StableDiffusion3Pipeline.from_pretrained(out)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ck
+from .components import ModelSizes, build_pipeline
+from .judge import detect_objects
+from .world import render, sample_caption, sample_scene
+
+STAGE_IDS = {"vae": 1, "dit": 2}
+STOP = False  # set by SIGTERM/SIGINT: the loops save a checkpoint and return
+
+
+def _request_stop(signum, frame) -> None:
+    global STOP
+    STOP = True
+    log(f"signal {signum}: saving a checkpoint and stopping")
+#: number of all-zero "T5" tokens the pipeline appends (max_sequence_length): trained over a spread so that
+#: both max_sequence_length=0 and the diffusers default 256 work
+ZERO_TOKEN_CHOICES = (0, 1, 2, 4, 8, 16, 32, 64, 256)
+ZERO_TOKEN_PROBS = (0.35, 0.06, 0.06, 0.06, 0.08, 0.08, 0.08, 0.08, 0.15)
+
+
+def batch_for_step(seed: int, stage: str, step: int, batch: int, size: int):
+    """The training batch of ``step``: (images ``[B,3,H,W]`` in [-1, 1], captions, scenes, numpy rng)."""
+    rng = np.random.default_rng([seed, STAGE_IDS[stage], step])
+    scenes = [sample_scene(rng) for _ in range(batch)]
+    captions = [sample_caption(sc, rng) for sc in scenes]
+    pixels = np.stack([render(sc, size) for sc in scenes])  # [B, H, W, 3]
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [B, 3, H, W]
+    return images, captions, scenes, rng
+
+
+def vae_readback(vae, seed: int, n: int = 256, size: int = 64) -> float:
+    """Fraction of ``n`` fresh scenes whose VAE reconstruction the judge reads back exactly."""
+    images, _, scenes, _ = batch_for_step(seed + 7919, "vae", 10**9, n, size)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(images).latent_dist.mode()).sample  # [n, 3, H, W]
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    ok = 0
+    for img, sc in zip(rec, scenes):
+        objs = detect_objects(img)
+        ok += len(objs) == len(sc.objects) and all(
+            o.colour == s.colour and o.shape == s.shape for o, s in zip(objs, sc.objects)
+        )
+    return ok / n
+
+
+def latent_stats(vae, seed: int, size: int, n: int = 512) -> tuple[float, float]:
+    """(shift, scale) so that ``(z - shift) * scale`` has zero mean and unit variance over fresh scenes."""
+    images, _, _, _ = batch_for_step(seed + 104729, "vae", 10**9, n, size)
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mode()
+    return float(z.mean()), float(1.0 / z.std())
+
+
+def ema_update(ema: dict[str, torch.Tensor], modules: dict, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * weights`` over every float tensor of ``modules``' state dicts."""
+    with torch.no_grad():
+        for key, v in ck.prefixed_state(modules).items():
+            if key in ema and v.is_floating_point():
+                ema[key].mul_(decay).add_(v.to(ema[key].device), alpha=1.0 - decay)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def train_vae(pipe, args, state, deadline) -> None:
+    """Stage 1 (resumable): L1 + MSE reconstruction and a tiny KL, until read-back >= 0.995 or the deadline."""
+    vae = pipe.vae
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    if state["step"] > 0:
+        ck.load_optimizer(args.ckpt, opt)
+    vae_deadline = time.time() + max(0.0, args.vae_minutes * 60 - state.get("vae_elapsed", 0.0))
+    t_last, t_ckpt = time.time(), time.time()
+    while time.time() < min(deadline, vae_deadline) and not STOP:
+        step = state["step"]
+        images, _, _, _ = batch_for_step(args.seed, "vae", step, 32, args.size)
+        post = vae.encode(images).latent_dist
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, images) + F.mse_loss(rec, images) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        now = time.time()
+        state["vae_elapsed"] = state.get("vae_elapsed", 0.0) + (now - t_last)
+        t_last = now
+        if state["step"] % 50 == 0:
+            log(f"vae step {state['step']} loss {loss.item():.4f}")
+        if state["step"] % 100 == 0 and state["step"] >= 200:
+            acc = vae_readback(vae, args.seed)
+            log(f"vae step {state['step']} read-back {acc:.3f}")
+            if acc >= 0.99:
+                break
+        if now - t_ckpt > args.ckpt_minutes * 60:
+            ck.save_checkpoint(args.ckpt, state, {"vae": vae}, {}, opt)
+            t_ckpt = now
+    if (STOP or time.time() >= deadline) and time.time() < vae_deadline:
+        ck.save_checkpoint(args.ckpt, state, {"vae": vae}, {}, opt)
+        return
+    shift, scale = latent_stats(vae, args.seed, args.size)
+    state["vae_readback"] = vae_readback(vae, args.seed, n=512)
+    state.update(stage="dit", step=0, vae_shift=shift, vae_scale=scale)
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    log(f"vae done: read-back {state['vae_readback']:.4f} shift {shift:.4f} scale {scale:.4f}")
+
+
+def sample_zero_tokens(rng: np.random.Generator) -> int:
+    p = np.asarray(ZERO_TOKEN_PROBS) / sum(ZERO_TOKEN_PROBS)
+    return int(ZERO_TOKEN_CHOICES[int(rng.choice(len(p), p=p))])
+
+
+def dit_modules(pipe) -> dict:
+    return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+
+
+def train_dit(pipe, args, state, deadline) -> None:
+    """Stage 2 (resumable): rectified flow on VAE latents, transformer + text encoders, EMA."""
+    mods = dit_modules(pipe)
+    params = [p for m in mods.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = ck.load_tensors(args.ckpt, "ema") if state["step"] > 0 else {}
+    if state["step"] > 0:
+        ck.load_optimizer(args.ckpt, opt)
+    if not ema:
+        ema = {k: v.clone().float() for k, v in ck.prefixed_state(mods).items()}
+    vae = pipe.vae.requires_grad_(False)
+    shift, scale = state["vae_shift"], state["vae_scale"]
+    t_ckpt, t_eval, t_win, losses = time.time(), time.time(), time.time(), []
+    while time.time() < deadline and not STOP:
+        step = state["step"]
+        images, captions, _, rng = batch_for_step(args.seed, "dit", step, args.batch, args.size)
+        with torch.no_grad():
+            z0 = (vae.encode(images).latent_dist.mode() - shift) * scale  # [B, 4, h, w]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        t = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal times in (0, 1)
+        noise = torch.randn(z0.shape, generator=gen)
+        zt = (1 - t.view(-1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1) * noise
+        emb, _, pooled, _ = pipe.encode_prompt(
+            captions, None, None, device="cpu", do_classifier_free_guidance=False,
+            max_sequence_length=sample_zero_tokens(rng),
+        )
+        pred = pipe.transformer(
+            hidden_states=zt, timestep=t * 1000, encoder_hidden_states=emb, pooled_projections=pooled
+        ).sample
+        loss = F.mse_loss(pred, noise - z0)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 200)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_update(ema, mods, min(args.ema, (1 + step) / (10 + step)))
+        state["step"] += 1
+        losses.append(loss.item())
+        now = time.time()
+        if state["step"] % 25 == 0:
+            state["dit_elapsed"] = state.get("dit_elapsed", 0.0) + (now - t_win)
+            log(f"dit step {state['step']} loss {np.mean(losses):.4f} {(now - t_win) / len(losses):.2f} s/step "
+                f"elapsed {state['dit_elapsed'] / 60:.1f} min")
+            t_win, losses = now, []
+        if now - t_ckpt > args.ckpt_minutes * 60:
+            ck.save_checkpoint(args.ckpt, state, {"vae": vae, **mods}, ema, opt)
+            t_ckpt = now
+        if args.eval_minutes > 0 and now - t_eval > args.eval_minutes * 60:
+            quick_eval(args, state)
+            t_eval = time.time()
+            t_win = t_eval
+    ck.save_checkpoint(args.ckpt, state, {"vae": vae, **mods}, ema, opt)
+
+
+def load_pipeline_from_checkpoint(folder: str, use_ema: bool = True):
+    """A StableDiffusion3Pipeline holding the checkpoint's (EMA) weights."""
+    state = ck.read_state(folder)
+    if state is None:
+        raise ValueError(f"no checkpoint in {folder!r}: state.json is missing; train first")
+    pipe = build_pipeline(ModelSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["sizes"].items()}))
+    flat = ck.load_tensors(folder, "model")
+    if use_ema:
+        flat.update(ck.load_tensors(folder, "ema"))
+    mods = {"vae": pipe.vae, **dit_modules(pipe)}
+    ck.load_prefixed({k: m for k, m in mods.items() if any(key.startswith(k + ".") for key in flat)}, flat)
+    if "vae_shift" in state:
+        pipe.vae.register_to_config(shift_factor=state["vae_shift"], scaling_factor=state["vae_scale"])
+    return pipe, state
+
+
+def quick_eval(args, state) -> None:
+    """A cheap evaluation of the latest checkpoint's EMA weights, appended to ``{ckpt}/evals.jsonl``."""
+    from .evaluate import evaluate_model
+
+    pipe, _ = load_pipeline_from_checkpoint(args.ckpt)
+    rep = evaluate_model(pipe, n_per_prompt=4, seed=90_000, guidance_scale=5.0, steps=20, max_sequence_length=0)
+    rep = {k: v for k, v in rep.items() if k != "per_prompt"} | {"step": state["step"]}
+    with open(os.path.join(args.ckpt, "evals.jsonl"), "a") as f:
+        f.write(json.dumps(rep) + "\n")
+    log(f"eval {rep}")
+
+
+def export(ckpt: str, out: str) -> None:
+    """Save the checkpoint's EMA pipeline as a diffusers folder at ``out``."""
+    pipe, state = load_pipeline_from_checkpoint(ckpt)
+    pipe.save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "shapeworld_training.json"), "w") as f:
+        json.dump({k: v for k, v in state.items()}, f, indent=1)
+    log(f"exported step {state['step']} to {out}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="assets/shapeworld/sd3", help="diffusers folder written at the end")
+    p.add_argument("--ckpt", default="/tmp/shapeworld_run", help="checkpoint folder (resumed if present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=90.0, help="wall-clock budget of this invocation")
+    p.add_argument("--vae-minutes", type=float, default=8.0)
+    p.add_argument("--ckpt-minutes", type=float, default=4.0)
+    p.add_argument("--eval-minutes", type=float, default=15.0, help="0 disables the periodic quick eval")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--export-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.export_only:
+        return export(args.ckpt, args.out)
+    torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    deadline = time.time() + args.max_minutes * 60
+    state = ck.read_state(args.ckpt)
+    sizes = ModelSizes(image_size=args.size)
+    if state is None:
+        pipe = build_pipeline(sizes, seed=args.seed)
+        state = {"stage": "vae", "step": 0, "seed": args.seed, "sizes": ck_sizes(sizes)}
+    else:
+        pipe, _ = load_pipeline_from_checkpoint(args.ckpt, use_ema=False)
+        log(f"resuming {state['stage']} at step {state['step']}")
+    if state["stage"] == "vae":
+        train_vae(pipe, args, state, deadline)
+        if state["stage"] == "vae":
+            return
+        ck.save_checkpoint(args.ckpt, state, {"vae": pipe.vae, **dit_modules(pipe)}, {}, None)
+        for name in ("optim.safetensors", "optim.json"):
+            if os.path.exists(os.path.join(args.ckpt, name)):
+                os.remove(os.path.join(args.ckpt, name))
+    if state["stage"] == "dit":
+        train_dit(pipe, args, state, deadline)
+        if not STOP:
+            export(args.ckpt, args.out)
+
+
+def ck_sizes(sizes: ModelSizes) -> dict:
+    from dataclasses import asdict
+
+    return asdict(sizes)
+
+
+if __name__ == "__main__":
+    main()
