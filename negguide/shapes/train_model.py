@@ -55,7 +55,7 @@ def vae_readback(vae, seed: int, n: int = 256, size: int = 64) -> float:
     """Fraction of ``n`` fresh scenes whose VAE reconstruction the judge reads back exactly."""
     images, _, scenes, _ = batch_for_step(seed + 7919, "vae", 10**9, n, size)
     with torch.no_grad():
-        rec = vae.decode(vae.encode(images).latent_dist.mode()).sample  # [n, 3, H, W]
+        rec = vae.decode(vae.encode(images.to(vae.device)).latent_dist.mode()).sample.cpu()  # [n, 3, H, W]
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     ok = 0
     for img, sc in zip(rec, scenes):
@@ -70,7 +70,7 @@ def latent_stats(vae, seed: int, size: int, n: int = 512) -> tuple[float, float]
     """(shift, scale) so that ``(z - shift) * scale`` has zero mean and unit variance over fresh scenes."""
     images, _, _, _ = batch_for_step(seed + 104729, "vae", 10**9, n, size)
     with torch.no_grad():
-        z = vae.encode(images).latent_dist.mode()
+        z = vae.encode(images.to(vae.device)).latent_dist.mode()
     return float(z.mean()), float(1.0 / z.std())
 
 
@@ -97,9 +97,10 @@ def train_vae(pipe, args, state, deadline) -> None:
     while time.time() < min(deadline, vae_deadline) and not STOP:
         step = state["step"]
         images, _, _, _ = batch_for_step(args.seed, "vae", step, 32, args.size)
+        images = images.to(args.device)
         post = vae.encode(images).latent_dist
-        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # CPU draws: same numbers on any device
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(args.device)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, images) + F.mse_loss(rec, images) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -148,20 +149,22 @@ def train_dit(pipe, args, state, deadline) -> None:
         ck.load_optimizer(args.ckpt, opt)
     if not ema:
         ema = {k: v.clone().float() for k, v in ck.prefixed_state(mods).items()}
+    ema = {k: v.to(args.device) for k, v in ema.items()}
     vae = pipe.vae.requires_grad_(False)
     shift, scale = state["vae_shift"], state["vae_scale"]
     t_ckpt, t_eval, t_win, losses = time.time(), time.time(), time.time(), []
     while time.time() < deadline and not STOP:
         step = state["step"]
         images, captions, _, rng = batch_for_step(args.seed, "dit", step, args.batch, args.size)
+        images = images.to(args.device)
         with torch.no_grad():
             z0 = (vae.encode(images).latent_dist.mode() - shift) * scale  # [B, 4, h, w]
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        t = torch.sigmoid(torch.randn(args.batch, generator=gen))  # logit-normal times in (0, 1)
-        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.sigmoid(torch.randn(args.batch, generator=gen)).to(args.device)  # logit-normal times in (0, 1)
+        noise = torch.randn(z0.shape, generator=gen).to(args.device)  # CPU draws: same numbers on any device
         zt = (1 - t.view(-1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1) * noise
         emb, _, pooled, _ = pipe.encode_prompt(
-            captions, None, None, device="cpu", do_classifier_free_guidance=False,
+            captions, None, None, device=args.device, do_classifier_free_guidance=False,
             max_sequence_length=sample_zero_tokens(rng),
         )
         pred = pipe.transformer(
@@ -244,6 +247,8 @@ def main(argv=None) -> None:
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (batches and noise are drawn on the CPU: same run on either, up to float noise)")
     p.add_argument("--export-only", action="store_true")
     args = p.parse_args(argv)
     if args.export_only:
@@ -260,6 +265,7 @@ def main(argv=None) -> None:
     else:
         pipe, _ = load_pipeline_from_checkpoint(args.ckpt, use_ema=False)
         log(f"resuming {state['stage']} at step {state['step']}")
+    pipe.to(args.device)
     if state["stage"] == "vae":
         train_vae(pipe, args, state, deadline)
         if state["stage"] == "vae":
