@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .judge import attribute_probability, distinct_pairs, mean_pairwise_distance, prompt_accuracy
+from .judge import attribute_probability, detect_objects, distinct_pairs, mean_pairwise_distance, prompt_accuracy
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld", "sd3")
 
@@ -151,8 +151,20 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+SHORT_SHAPE = {"circle": "circ", "square": "sq", "triangle": "tri"}
+
+
+def judge_reading(image) -> str:
+    """The judge's reading of one image in a few characters, e.g. "red circ" or "red sq|blue tri"."""
+    objects = detect_objects(image)
+    if not objects:
+        return "(nothing)"
+    return "|".join(f"{o.colour} {SHORT_SHAPE.get(o.shape, o.shape)}" for o in objects)
+
+
 def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> list[str]:
-    """One PNG per scenario: a row of images per method, labelled with the judged numbers."""
+    """One PNG per scenario: a row of images per method, labelled with the judged numbers, and the judge's
+    reading under every image (so a person can check the judge against their own reading)."""
     from PIL import Image, ImageDraw
 
     paths = []
@@ -160,19 +172,20 @@ def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> 
         methods = list(block["methods"])
         tiles = [results["images"][(name, m)][:per_row] for m in methods]
         h, w = tiles[0].shape[1] * scale, tiles[0].shape[2] * scale
-        label_w, head = 190, 22
-        canvas = Image.new("RGB", (label_w + per_row * (w + 2), head + len(methods) * (h + 2)), "white")
+        label_w, head, foot = 190, 22, 14
+        canvas = Image.new("RGB", (label_w + per_row * (w + 2), head + len(methods) * (h + foot + 2)), "white")
         draw = ImageDraw.Draw(canvas)
         sc = block["scenario"]
         draw.text((4, 4), f"{sc['prompt']}  minus  {sc['negative']}", fill="black")
         for r, (method, batch) in enumerate(zip(methods, tiles)):
-            y = head + r * (h + 2)
+            y = head + r * (h + foot + 2)
             row = block["methods"][method]
             text = [method] + [f"{k} {row[k]['mean']:.2f}" for k in row if k.startswith("P(")]
             draw.multiline_text((4, y + 4), "\n".join(text), fill="black")
             for c, img in enumerate(batch):
                 tile = Image.fromarray((img * 255).round().astype("uint8")).resize((w, h), Image.NEAREST)
                 canvas.paste(tile, (label_w + c * (w + 2), y))
+                draw.text((label_w + c * (w + 2) + 2, y + h + 1), judge_reading(img), fill=(90, 90, 90))
         path = os.path.join(folder, f"{name}.png")
         canvas.save(path)
         paths.append(path)
