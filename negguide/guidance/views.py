@@ -43,11 +43,11 @@ def _check_angles(azimuth: float, elevation: float) -> tuple[float, float]:
             raise ValueError(f"{name} must be a finite number of degrees, got {value!r}")
     if not -90.0 <= elevation <= 90.0:
         raise ValueError(f"elevation = {elevation} must lie in [-90, 90] degrees")
-    # wrap azimuth into (-180, 180]
-    wrapped = (azimuth + 180.0) % 360.0 - 180.0
-    if wrapped == -180.0:
-        wrapped = 180.0
-    return wrapped, elevation
+    # the schemes depend on |azimuth| only: fold into [0, 180] symmetrically (a and -a give bit-identical results)
+    folded = abs(azimuth) % 360.0
+    if folded > 180.0:
+        folded = 360.0 - folded
+    return folded, elevation
 
 
 def view_weights(
