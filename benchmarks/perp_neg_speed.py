@@ -54,10 +54,8 @@ def step_times(pipe, steps: int, resolution: int, negatives: list[str], extra: d
         stamps.append(time.perf_counter())
         return kw
 
-    start = time.perf_counter()
     pipe("a red shape", negatives=negatives, num_inference_steps=steps, height=resolution, width=resolution,
          output_type="latent", generator=torch.Generator().manual_seed(0), callback_on_step_end=stamp, **extra)
-    del start
     return [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..n: the first includes warm-up
 
 

@@ -195,12 +195,11 @@ def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> 
 def load_bench_pipeline(model: str | None = None):
     """The bundled ShapeWorld model (or a diffusers folder) as a PerpNegPipeline, offline."""
     from ..perpneg.pipeline import PerpNegPipeline
-    from .evaluate import load_pipeline
 
     folder = os.path.abspath(model or DEFAULT_MODEL)
     if not os.path.isdir(folder):
         raise ValueError(f"model folder {folder!r} does not exist; pass --model DIR or train the bundled model")
-    pipe = PerpNegPipeline.from_pipe(load_pipeline(folder))
+    pipe = PerpNegPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
