@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "PerpNegPipeline": ("negguide.perpneg.pipeline", "PerpNegPipeline"),
     "PerpNegSettings": ("negguide.perpneg.settings", "PerpNegSettings"),
+    "NegToMePipeline": ("negguide.negtome.pipeline", "NegToMePipeline"),
+    "NegToMeSettings": ("negguide.negtome.settings", "NegToMeSettings"),
     "view_weights": ("negguide.guidance.views", "view_weights"),
     "sds_gradient": ("negguide.guidance.views", "sds_gradient"),
     "perp_neg_combine": ("negguide.guidance.combine", "perp_neg_combine"),

@@ -58,3 +58,26 @@ def test_from_pipe_shares_modules_and_save_round_trip(tmp_path):
     assert again.family == "sdxl"
     for name, tensor in pipe.unet.state_dict().items():
         assert torch.equal(tensor, again.unet.state_dict()[name])
+
+
+def test_negtome_custom_pipeline_entry_point(saved):
+    import sys
+
+    from negguide import NegToMePipeline, NegToMeSettings
+
+    # diffusers caches every local custom pipeline as the module "diffusers_modules.local.pipeline" and re-executes
+    # the next one into it: two folders in one process collide (see pipelines/README.md)
+    sys.modules.pop("diffusers_modules.local.pipeline", None)
+    pipe = DiffusionPipeline.from_pretrained(
+        saved["sd3"], custom_pipeline=str(REPO / "pipelines" / "negtome"), trust_remote_code=True
+    )
+    assert type(pipe).__name__ == "NegToMePipeline" and pipe.family == "sd3"
+    pipe.set_progress_bar_config(disable=True)
+    settings = NegToMeSettings(window=(0.0, 1.0), threshold=0.0)
+    kwargs = call_kwargs("sd3", num_images_per_prompt=2)
+    got = pipe("a red shape", negtome=settings, **kwargs).images
+    stock = DiffusionPipeline.from_pretrained(saved["sd3"])
+    expected = NegToMePipeline.from_pipe(stock)("a red shape", negtome=settings, **call_kwargs("sd3", num_images_per_prompt=2)).images
+    assert torch.equal(got, expected)
+    plain = stock("a red shape", **call_kwargs("sd3", num_images_per_prompt=2)).images
+    assert not torch.equal(got, plain)

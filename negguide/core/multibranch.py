@@ -57,8 +57,10 @@ class MultiBranchDenoiser:
         if self._handles:
             raise RuntimeError("MultiBranchDenoiser is already installed; remove() it first")
         self._signature = inspect.signature(self.denoiser.forward)
+        # the branch expansion runs first and the combination last, so hooks that work on the expanded batch
+        # (NegToMe) sit inside it whatever order they were installed in
         self._handles = [
-            self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True),
+            self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
             self.denoiser.register_forward_hook(self._after, with_kwargs=True),
         ]
         return self

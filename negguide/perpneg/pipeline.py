@@ -124,6 +124,9 @@ class PerpNegPipeline(DiffusionPipeline):
         positive_weights: list[float] | None = None,
         guidance_mode: str = "perp_neg",
         perp_neg_eps: float = 1e-8,
+        negtome=None,
+        negtome_reference_images=None,
+        negtome_reference_masks=None,
         **kwargs: Any,
     ):
         """Generate. All arguments of the family's diffusers pipeline are accepted with their usual meaning.
@@ -134,14 +137,45 @@ class PerpNegPipeline(DiffusionPipeline):
             negative_windows: one ``(start, end)`` per negative in fractions of the run (delayed negatives).
             positives, positive_weights: extra positive prompts composed perpendicular to the main one.
             guidance_mode: ``"perp_neg"`` or ``"plain"`` (negatives replace the unconditional branch).
+            negtome: a :class:`~negguide.negtome.NegToMeSettings` to run negative token merging in the same call
+                (each branch is its own group: negative prompts' rows are never references for the images).
+            negtome_reference_images, negtome_reference_masks: NegToMe's reference mode (images to move away from).
         """
         settings = PerpNegSettings(
             negatives=negatives, negative_weights=negative_weights, negative_windows=negative_windows,
             positives=positives, positive_weights=positive_weights, mode=guidance_mode, eps=perp_neg_eps,
         )
         inner = self.family_pipeline()
-        adapter = get_adapter(self.family)
         call = self._check_call(inner, prompt, kwargs)
+        denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
+        if getattr(denoiser, "_negguide_negtome", None) is not None:
+            raise ValueError("NegToMe is already applied to this pipeline's denoiser; remove it and pass negtome= instead")
+        if negtome is None:
+            if negtome_reference_images is not None or negtome_reference_masks is not None:
+                raise ValueError("negtome_reference_images need negtome=NegToMeSettings(...) as well")
+            return self._generate(inner, call, settings)
+        from ..negtome.hooks import NegToMeHandle
+
+        images = self._images_per_branch(prompt, call)
+        handle = NegToMeHandle(
+            denoiser, self.family, negtome, lambda rows: max(1, rows // images), inner.scheduler, self.vae,
+            negtome_reference_images, negtome_reference_masks, getattr(type(inner), "_pack_latents", None),
+        )
+        if call.get("height") and call.get("width"):
+            handle.check_size(call["height"], call["width"])
+        with handle:
+            return self._generate(inner, call, settings)
+
+    @staticmethod
+    def _batch_size(call: dict) -> int:
+        prompt = call["prompt"]
+        return len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else call["prompt_embeds"].shape[0]
+
+    def _images_per_branch(self, prompt, call: dict) -> int:
+        return self._batch_size(call) * (call.get("num_images_per_prompt", 1) or 1)
+
+    def _generate(self, inner, call: dict, settings: PerpNegSettings):
+        adapter = get_adapter(self.family)
         scale = call.get(adapter.scale_argument, call_defaults(inner).get(adapter.scale_argument))
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{adapter.scale_argument} = {scale!r} must be a finite number")
@@ -154,7 +188,7 @@ class PerpNegPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} is not supported by PerpNegPipeline yet; call the diffusers pipeline for it")
 
         device = inner._execution_device
-        batch_size = len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else call["prompt_embeds"].shape[0]
+        batch_size = self._batch_size(call)
         per_prompt = call.get("num_images_per_prompt", 1) or 1
         call = check_shared_embeds(call, batch_size)
         positive, uncond = adapter.encode_pair(inner, call, batch_size, per_prompt, device)

@@ -34,6 +34,16 @@ class Scenario:
     negative: str | None
     attributes: tuple
     claim: str
+    kind: str = "negative"  # "negative" (a negative prompt), "diversity" (a batch) or "reference" (an image to avoid)
+    reference: str | None = None  # the caption of the reference image ("reference" scenarios)
+
+    @property
+    def title(self) -> str:
+        if self.kind == "diversity":
+            return f"{self.prompt}: a batch, as diverse as it can be"
+        if self.kind == "reference":
+            return f"{self.prompt}  away from the image of  {self.reference}"
+        return f"{self.prompt}  minus  {self.negative}"
 
 
 SCENARIOS = {
@@ -44,8 +54,15 @@ SCENARIOS = {
         Scenario("overlap", "a red shape", "a red circle", ("red", "circle"),
                  "Perp-Neg: 'a red shape' minus 'a red circle' lowers P(circle) while P(red) stays high; "
                  "plain negative prompting loses the red"),
+        Scenario("diversity", "a shape", None, ("red", "circle"),
+                 "NegToMe: more distinct (colour, shape) pairs and a larger pairwise distance in a batch, "
+                 "prompt accuracy within 5 points", kind="diversity"),
+        Scenario("reference", "a circle", None, ("red", "circle"),
+                 "NegToMe with the image of a red circle as reference: P(red) falls, P(circle) stays",
+                 kind="reference", reference="a red circle"),
     )
 }
+PLUGINS = ("negguide.negtome.shapeworld",)  # modules that register more methods
 
 
 @dataclass
@@ -62,16 +79,30 @@ class BenchSettings:
 
 Generator = Callable[["object", Scenario, int, BenchSettings], np.ndarray]
 METHODS: dict[str, Generator] = {}
+METHOD_KINDS: dict[str, tuple] = {}
+KINDS = ("negative", "diversity", "reference")
 
 
-def register_method(name: str):
-    """Decorator: add a method to the benchmark (later methods register from their own modules)."""
+def register_method(name: str, kinds: tuple = ("negative",)):
+    """Decorator: add a method for the scenario kinds it serves (later methods register from their own modules)."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"kinds {unknown} are not among {KINDS}")
 
     def wrap(fn: Generator) -> Generator:
         METHODS[name] = fn
+        METHOD_KINDS[name] = tuple(kinds)
         return fn
 
     return wrap
+
+
+def load_plugins() -> None:
+    """Import the modules that register their methods (NegToMe, ...)."""
+    import importlib
+
+    for module in PLUGINS:
+        importlib.import_module(module)
 
 
 def _generate(pipe, scenario: Scenario, seed: int, settings: BenchSettings, **options) -> np.ndarray:
@@ -83,7 +114,7 @@ def _generate(pipe, scenario: Scenario, seed: int, settings: BenchSettings, **op
     return out.images  # [n, H, W, 3] in [0, 1]
 
 
-@register_method("none")
+@register_method("none", kinds=KINDS)
 def _none(pipe, scenario, seed, settings):
     return _generate(pipe, scenario, seed, settings)
 
@@ -112,6 +143,7 @@ def run_bench(pipe, scenarios=None, methods=None, settings: BenchSettings | None
     images for the grids. ``pipe`` must accept negguide's arguments (a PerpNegPipeline)."""
     from tqdm.auto import tqdm
 
+    load_plugins()
     settings = settings or BenchSettings()
     scenarios = [SCENARIOS[s] if isinstance(s, str) else s for s in (scenarios or list(SCENARIOS))]
     methods = list(methods or METHODS)
@@ -119,7 +151,7 @@ def run_bench(pipe, scenarios=None, methods=None, settings: BenchSettings | None
     if unknown:
         raise ValueError(f"unknown methods {unknown}; registered: {sorted(METHODS)}")
     results: dict = {"settings": asdict(settings), "scenarios": {}}
-    jobs = [(s, m, seed) for s in scenarios for m in methods for seed in settings.seeds]
+    jobs = [(s, m, seed) for s in scenarios for m in methods if s.kind in METHOD_KINDS[m] for seed in settings.seeds]
     per: dict = {}
     images: dict = {}
     for scenario, method, seed in tqdm(jobs, desc="bench", disable=not progress):
@@ -128,7 +160,7 @@ def run_bench(pipe, scenarios=None, methods=None, settings: BenchSettings | None
         images.setdefault((scenario.name, method), batch)
     for scenario in scenarios:
         rows = {}
-        for method in methods:
+        for method in [m for m in methods if (scenario.name, m) in per]:
             runs = per[(scenario.name, method)]
             rows[method] = {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
                             for k in runs[0]}
@@ -142,7 +174,7 @@ def markdown_table(results: dict) -> str:
     for name, block in results["scenarios"].items():
         sc = block["scenario"]
         metrics = list(next(iter(block["methods"].values())))
-        lines.append(f"**{name}**: prompt \"{sc['prompt']}\", negative \"{sc['negative']}\". Claim: {sc['claim']}.\n")
+        lines.append(f"**{name}**: {Scenario(**sc).title}. Claim: {sc['claim']}.\n")
         lines.append("| method | " + " | ".join(metrics) + " |")
         lines.append("|---|" + "---|" * len(metrics))
         for method, row in block["methods"].items():
@@ -175,8 +207,7 @@ def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> 
         label_w, head, foot = 190, 22, 14
         canvas = Image.new("RGB", (label_w + per_row * (w + 2), head + len(methods) * (h + foot + 2)), "white")
         draw = ImageDraw.Draw(canvas)
-        sc = block["scenario"]
-        draw.text((4, 4), f"{sc['prompt']}  minus  {sc['negative']}", fill="black")
+        draw.text((4, 4), Scenario(**block["scenario"]).title, fill="black")
         for r, (method, batch) in enumerate(zip(methods, tiles)):
             y = head + r * (h + foot + 2)
             row = block["methods"][method]
@@ -210,6 +241,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="outputs/bench", help="folder for results.md, results.json and grids")
     parser.add_argument("--quick", action="store_true", help="2 seeds of 8 images: the smoke subset")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    load_plugins()
     parser.add_argument("--methods", nargs="+", default=None, help=f"default: all registered ({', '.join(METHODS)})")
     parser.add_argument("--perp-neg-weight", type=float, default=BenchSettings.perp_neg_weight)
     args = parser.parse_args(argv)
