@@ -169,6 +169,11 @@ def run_bench(pipe, scenarios=None, methods=None, settings: BenchSettings | None
     return results
 
 
+def _cell(metric: str, value: dict) -> str:
+    digits = 3 if metric == "pairwise distance" else 2  # its differences are in the third decimal
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
 def markdown_table(results: dict) -> str:
     lines = []
     for name, block in results["scenarios"].items():
@@ -178,7 +183,7 @@ def markdown_table(results: dict) -> str:
         lines.append("| method | " + " | ".join(metrics) + " |")
         lines.append("|---|" + "---|" * len(metrics))
         for method, row in block["methods"].items():
-            lines.append(f"| {method} | " + " | ".join(f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}" for m in metrics) + " |")
+            lines.append(f"| {method} | " + " | ".join(_cell(m, row[m]) for m in metrics) + " |")
         lines.append("")
     return "\n".join(lines)
 
