@@ -1,6 +1,10 @@
 """Reward callables ``(images: Tensor[B,3,H,W] in [0,1], prompts: list[str]) -> Tensor[B]``.
 
 - ``ShapeWorldReward``: a small differentiable classifier of the bundled ShapeWorld (``rewards.shapeworld``).
+- ``CLIPScoreReward``, ``PickScoreReward``: scaled cosine of CLIP image/text embeddings, differentiable w.r.t.
+  the images (``rewards.clip``; transformers' ``CLIPModel``).
+- ``WeightedReward``: a weighted sum of rewards that logs each component; ``check_reward_output`` checks a
+  reward's output (finite float ``[B]``) (``rewards.combine``).
 
 Names load on first use, so ``import negguide.rewards`` stays cheap.
 """
@@ -13,6 +17,10 @@ _LAZY = {
     "ShapeWorldReward": ".shapeworld",
     "ShapeWorldNet": ".shapeworld",
     "ShapeWorldNetConfig": ".shapeworld",
+    "CLIPScoreReward": ".clip",
+    "PickScoreReward": ".clip",
+    "WeightedReward": ".combine",
+    "check_reward_output": ".combine",
 }
 
 __all__ = sorted(_LAZY)
