@@ -1,8 +1,10 @@
 """The ``negguide`` command line.
 
     negguide bench [--quick] [--out DIR] [--model DIR]   ShapeWorld efficacy benchmark (table, JSON, PNG grids)
+    negguide train-reneg --out DIR [--prompts-file F] [--reward R] ...   learn a negative embedding (ReNeg)
 
-Further subcommands (generate, train-reneg, train-nft, demo) arrive with their methods.
+Run `negguide COMMAND --help` for a command's flags and examples. Further subcommands (generate, train-nft, demo)
+arrive with their methods.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"bench": "negguide.shapes.bench"}
+    commands = {"bench": "negguide.shapes.bench", "train-reneg": "negguide.reneg.cli"}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2

@@ -1,0 +1,133 @@
+"""``negguide train-reneg``: learn a negative embedding for a model and a reward.
+
+examples:
+  # the bundled ShapeWorld model and reward, ShapeWorld training captions (the bundled embedding's command)
+  negguide train-reneg --out runs/reneg --steps 300 --batch-size 8
+  # your checkpoint, prompts from a file, CLIP score from a local folder, two processes
+  accelerate launch --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
+      --reward clip=./clip-vit-large --out runs/sd15-reneg --guidance-scale 7.5 --num-inference-steps 30 --late-steps 10
+  # several rewards with weights
+  negguide train-reneg --reward shapeworld@1.0 --reward clip=./clip@0.1 --out runs/mix
+
+A run resumes from OUT/checkpoint when it exists; it writes OUT/negative_embedding.safetensors and
+OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).negative_kwargs().
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from .trainer import ReNegConfig
+
+FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "guidance_scale", "num_inference_steps",
+         "late_steps", "gradient_accumulation_steps", "checkpoint_every", "seed")
+
+
+def ranged(kind, low, high, name):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} = {value} is outside [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def build_reward(specs: list):
+    """``shapeworld``, ``clip=PATH`` or ``pickscore=PATH``, each optionally ``@WEIGHT``; several are summed."""
+    parts = []
+    for spec in specs or ["shapeworld"]:
+        text, _, weight = spec.partition("@")
+        name, _, path = text.partition("=")
+        try:
+            weight = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"reward weight in {spec!r} is not a number") from None
+        if name == "shapeworld":
+            from ..rewards.shapeworld import ShapeWorldReward
+
+            reward = ShapeWorldReward.from_pretrained(path or None)
+        elif name in ("clip", "pickscore"):
+            if not path:
+                raise ValueError(f"--reward {name} needs a model: {name}=PATH_OR_HUB_ID")
+            from ..rewards import clip as clip_rewards
+
+            cls = clip_rewards.CLIPScoreReward if name == "clip" else clip_rewards.PickScoreReward
+            reward = cls.from_pretrained(path)
+        else:
+            raise ValueError(f"unknown reward {name!r}; use shapeworld, clip=PATH or pickscore=PATH")
+        parts.append((f"{name}{'=' + path if path else ''}", reward, weight))
+    if len(parts) == 1 and parts[0][2] == 1.0:
+        return parts[0][1]
+    from ..rewards.combine import WeightedReward
+
+    return WeightedReward({n: (r, w) for n, r, w in parts})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="negguide train-reneg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, embedding, reward curve)")
+    parser.add_argument("--prompts", nargs="+", default=None, help="training prompts")
+    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
+                        help="without prompts: this many ShapeWorld training captions (default 200)")
+    parser.add_argument("--reward", action="append", help="shapeworld | clip=PATH | pickscore=PATH, optional @WEIGHT (repeatable)")
+    parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
+    parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
+                        help="T5 tokens for SD3/Flux (the bundled model: 0)")
+    parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
+    parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    specs = {f.name: f for f in fields(ReNegConfig)}
+    for name in FLAGS:
+        meta, default = specs[name].metadata, specs[name].default
+        kind = int if isinstance(default, int) else float
+        low, high = meta.get("min", -2**63), meta.get("max", 2**63)
+        parser.add_argument("--" + name.replace("_", "-"), type=ranged(kind, low, high, "--" + name.replace("_", "-")),
+                            default=default, help=f"{meta.get('help', '')} (default {default})")
+    args = parser.parse_args(argv)
+
+    prompts = args.prompts
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file) as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except OSError as error:
+            raise ValueError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
+        if not prompts:
+            raise ValueError(f"--prompts-file {args.prompts_file!r} holds no prompts")
+    if prompts is None:
+        if args.model is not None:
+            raise ValueError("give --prompts or --prompts-file for your own model")
+        from .shapeworld import shapeworld_prompts
+
+        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+    sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
+    pipeline_kwargs = {} if sequence is None else {"max_sequence_length": sequence}
+    config = ReNegConfig(prompts=prompts, init_text=args.init_text, height=args.height, width=args.width,
+                         gradient_checkpointing=args.gradient_checkpointing, output_dir=args.out,
+                         pipeline_kwargs=pipeline_kwargs, **{n: getattr(args, n) for n in FLAGS})
+    reward = build_reward(args.reward)
+    from ..perpneg.pipeline import PerpNegPipeline
+    from ..shapes.bench import DEFAULT_MODEL
+    from .trainer import ReNegTrainer
+
+    import os
+
+    model = args.model or os.path.abspath(DEFAULT_MODEL)
+    if args.model is not None and os.path.exists(args.model) is False and "/" not in args.model:
+        raise ValueError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
+    pipe = PerpNegPipeline.from_pretrained(model)
+    trainer = ReNegTrainer(pipe, reward, config)
+    embedding = trainer.train()
+    embedding.metadata["base_model"] = model if args.model else "negguide ShapeWorld (assets/shapeworld/sd3)"
+    if trainer.accelerator.is_main_process:
+        path = embedding.save(os.path.join(args.out, "negative_embedding.safetensors"))
+        print(f"wrote {path} and {os.path.join(args.out, 'reward_curve.png')} "
+              f"(reward {trainer.history[0]['reward']:.3f} -> {trainer.history[-1]['reward']:.3f})")

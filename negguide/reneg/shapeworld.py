@@ -1,0 +1,103 @@
+"""ReNeg on ShapeWorld: training and held-out prompts, and the judged comparison of negatives.
+
+Prompts are ShapeWorld captions (half of them two-object, where the bundled model is weakest) split by a hash of
+the text: a held-out prompt never appears in training.
+
+    python -m negguide.reneg.shapeworld --embedding assets/shapeworld/reneg/negative_embedding.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import zlib
+
+import numpy as np
+import torch
+
+from ..shapes.world import CaptionProbs, sample_caption, sample_scene
+
+HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
+SPLITS = ("train", "heldout")
+
+
+def shapeworld_prompts(n: int, split: str = "train", seed: int = 0) -> list[str]:
+    """``n`` distinct non-empty captions of the ``split`` (1 in 5 caption texts is held out, by hash)."""
+    if split not in SPLITS:
+        raise ValueError(f"split = {split!r} is not one of {SPLITS}")
+    rng = np.random.default_rng(seed)
+    probs = CaptionProbs(empty=0.0)
+    out: list[str] = []
+    for _ in range(200 * n):
+        caption = sample_caption(sample_scene(rng, two_object_prob=0.5), rng, probs)
+        held = zlib.crc32(caption.encode()) % 5 == 0
+        if caption and caption not in out and held == (split == "heldout"):
+            out.append(caption)
+            if len(out) == n:
+                return out
+    raise ValueError(f"only {len(out)} distinct {split} captions found; ask for fewer")
+
+
+def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
+                    guidance_scale: float = 5.0, steps: int = 20) -> dict:
+    """For each negative (name -> call kwargs, or name -> {prompt: kwargs} for per-prompt embeddings): judged
+    prompt accuracy and mean reward over prompts x seeds x images, two-object prompts separately."""
+    from ..shapes.judge import prompt_correct
+
+    results = {}
+    for name, spec in negatives.items():
+        correct, rewards, two = [], [], []
+        for prompt in prompts:
+            kwargs = spec.get(prompt, {}) if isinstance(spec, dict) and prompt in spec else spec
+            for seed in seeds:
+                images = pipe(prompt, num_images_per_prompt=images_per_prompt, num_inference_steps=steps,
+                              guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
+                              output_type="pt", max_sequence_length=0, **kwargs).images  # [n, 3, H, W] in [0, 1]
+                hits = prompt_correct(images.permute(0, 2, 3, 1).numpy(), prompt)
+                correct.extend(hits.tolist())
+                two.extend(hits.tolist() if " and " in prompt or " of " in prompt else [])
+                with torch.no_grad():
+                    rewards.extend(reward(images, [prompt] * len(images)).tolist())
+        results[name] = {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
+                         "reward": float(np.mean(rewards)), "images": len(correct)}
+    return results
+
+
+def main(argv=None) -> None:
+    from ..rewards.shapeworld import ShapeWorldReward
+    from ..shapes.bench import load_bench_pipeline
+    from .embedding import NegativeEmbedding
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embedding", required=True, help="a learned global negative embedding (.safetensors)")
+    parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it (10 steps)")
+    parser.add_argument("--prompts", type=int, default=24, help="held-out prompts")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    pipe = load_bench_pipeline()
+    reward = ShapeWorldReward.from_pretrained()
+    learned = NegativeEmbedding.load(args.embedding, pipe)
+    prompts = shapeworld_prompts(args.prompts, "heldout", seed=1)
+    negatives = {"empty negative": {"negative_prompt": ""}, f'hand-written "{HAND_WRITTEN}"': {"negative_prompt": HAND_WRITTEN},
+                 "ReNeg global": learned.negative_kwargs()}
+    if args.per_sample:
+        from .trainer import ReNegConfig, per_sample_embedding
+
+        config = ReNegConfig(prompts=prompts[:1], steps=10, batch_size=8, lr=2e-3, seed=7,
+                             pipeline_kwargs={"max_sequence_length": 0})
+        negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config).negative_kwargs()
+                                         for p in prompts}
+    results = judge_negatives(pipe, reward, prompts, negatives)
+    print(f"{len(prompts)} held-out prompts x 2 seeds x 4 images")
+    print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['prompt accuracy']:.3f} | {r['two-object accuracy']:.3f} | {r['reward']:.3f} |")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
