@@ -1,0 +1,38 @@
+"""DiffusionNFT (Zheng et al., arXiv 2509.16117): pure math of negative-aware online RL fine-tuning.
+
+- advantages: rewards grouped by prompt -> optimality probability r in [0, 1];
+- loss: the DiffusionNFT loss in velocity form (flow matching) and in x0 form (epsilon / v prediction);
+- ema: the old-policy soft update and the evaluation EMA.
+
+Pure tensor functions only; the trainer (diffusers, peft, accelerate) lives elsewhere and imports these.
+"""
+
+from .advantages import (advantage_to_probability, check_rewards, epoch_reward_std, group_advantages, group_index,
+                         group_stats, optimality_probability)
+from .ema import ema_update_, eval_ema_decay, old_policy_decay
+from .loss import (PREDICTION_TYPES, adaptive_x0_loss, check_loss_inputs, implicit_policies, kl_penalty,
+                   native_kl_scale, nft_loss, nft_loss_x0, per_sample_mean, x0_from_flow, x0_from_prediction)
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "adaptive_x0_loss",
+    "advantage_to_probability",
+    "check_loss_inputs",
+    "check_rewards",
+    "ema_update_",
+    "epoch_reward_std",
+    "eval_ema_decay",
+    "group_advantages",
+    "group_index",
+    "group_stats",
+    "implicit_policies",
+    "kl_penalty",
+    "native_kl_scale",
+    "nft_loss",
+    "nft_loss_x0",
+    "old_policy_decay",
+    "optimality_probability",
+    "per_sample_mean",
+    "x0_from_flow",
+    "x0_from_prediction",
+]
