@@ -9,7 +9,7 @@ import torch
 from conftest import ForwardCounter, call_kwargs, get_tiny
 
 from negguide.negtome import NegToMePipeline, NegToMeSettings, apply, remove
-from negguide.negtome.hooks import noise_level, select_attention
+from negguide.negtome.hooks import noise_level
 from negguide.perpneg.pipeline import PerpNegPipeline
 
 ALL_STEPS = dict(window=(0.0, 1.0), min_feature_size=0)

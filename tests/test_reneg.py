@@ -54,6 +54,18 @@ def test_embedding_is_the_unconditional_branch_in_any_pipeline():
     torch.testing.assert_close(shared, stock)  # one row shared by the batch in PerpNegPipeline
 
 
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])
+def test_one_row_embedding_serves_several_images_per_prompt(family):
+    pipe = PerpNegPipeline.from_pipe(get_tiny(family))
+    emb = null_embedding(pipe, family, "blurry", _sequence(family))
+    shared = pipe("a red circle", num_images_per_prompt=2, **emb.negative_kwargs(), **call_kwargs(family)).images
+    rows = pipe(["a red circle"] * 2, **emb.repeat(2).negative_kwargs(), **call_kwargs(family)).images
+    torch.testing.assert_close(shared, rows)
+    with_negatives = pipe("a red circle", num_images_per_prompt=2, negatives=["a square"], **emb.negative_kwargs(),
+                          **call_kwargs(family)).images  # and as Perp-Neg's unconditional branch
+    assert with_negatives.shape == shared.shape and not torch.equal(with_negatives, shared)
+
+
 def test_load_rejects_another_model_and_bad_tensors(tmp_path):
     sd = null_embedding(get_tiny("sd"), "sd")
     path = sd.save(str(tmp_path / "sd.safetensors"))
@@ -70,6 +82,9 @@ def test_load_rejects_another_model_and_bad_tensors(tmp_path):
         NegativeEmbedding("sd", {"prompt_embeds": torch.zeros(2, 77, 32)})
     with pytest.raises(ValueError, match="family = 'sd4'"):
         NegativeEmbedding("sd4", {})
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        NegativeEmbedding.load(str(tmp_path / "text.safetensors"))
 
 
 class _Payload:
@@ -105,6 +120,17 @@ def test_a_few_steps_change_the_embedding_and_raise_the_reward(family):
     for name, tensor in trainer.embedding().tensors.items():
         assert not torch.equal(tensor, before_embedding[name]), name
     assert after > before, (before, after)
+
+
+def test_gradient_checkpointing_trains_the_same():
+    from negguide.testing.tiny import tiny_pipeline
+
+    plain = ReNegTrainer(get_tiny("sd"), redness, _config("sd", steps=2)).train(progress=False)
+    pipe = tiny_pipeline("sd")
+    trainer = ReNegTrainer(pipe, redness, _config("sd", steps=2, gradient_checkpointing=True))
+    assert pipe.unet.is_gradient_checkpointing
+    checkpointed = trainer.train(progress=False)
+    torch.testing.assert_close(checkpointed.tensors["prompt_embeds"], plain.tensors["prompt_embeds"])
 
 
 def test_resume_equals_not_stopping(tmp_path):

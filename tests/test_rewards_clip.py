@@ -92,7 +92,7 @@ def test_identical_inputs_give_identical_scores(parts, reward):
     first = reward(image.repeat(3, 1, 1, 1), "a cat")  # one str is broadcast
     assert torch.equal(first, first[:1].expand(3))
     again = reward(image, ["a cat"])  # cached text embedding
-    assert torch.equal(again, first[:1])
+    torch.testing.assert_close(again, first[:1])  # equal up to float order (batch size changes the kernels)
     uncached = CLIPScoreReward(*parts, MEAN, STD, text_cache_size=0)
     assert torch.equal(uncached(image, ["a cat"]), again)
     assert len(uncached._text_cache) == 0 and "a cat" in reward._text_cache

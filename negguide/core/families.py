@@ -266,6 +266,18 @@ def split_conditioning(conditioning: Conditioning, chunks: int) -> list[Conditio
 SHARED_EMBED_ARGS = ("negative_prompt_embeds", "negative_pooled_prompt_embeds")
 
 
+def repeat_per_image(conditioning: Conditioning, like: Conditioning, num_images_per_prompt: int) -> Conditioning:
+    """Rows per prompt -> rows per image, where the family's encode_prompt left given embeddings unrepeated
+    (SD3 and Flux do not repeat user-given embeddings for num_images_per_prompt; SD and SDXL do)."""
+    out = dict(conditioning)
+    for key, value in conditioning.items():
+        want = like.get(key)
+        if (isinstance(value, torch.Tensor) and isinstance(want, torch.Tensor) and num_images_per_prompt > 1
+                and value.shape[0] * num_images_per_prompt == want.shape[0]):
+            out[key] = value.repeat_interleave(num_images_per_prompt, dim=0)
+    return out
+
+
 def check_shared_embeds(call: dict, batch_size: int) -> dict:
     """Validate user-given unconditional embeddings; one row is shared by every prompt (e.g. a learned negative)."""
     call = dict(call)

@@ -73,7 +73,7 @@ class NegToMeSettings:
         "help": "token chunk of the matching (bounds memory to chunk^2 per image)", "min": 16, "max": 65536, "step": 16})
 
     def __post_init__(self) -> None:
-        self.alpha = _number(self.alpha, "alpha", 0.0, 10.0, "use 0.9 (the paper) up to about 2")
+        self.alpha = _number(self.alpha, "alpha", 0.0, 5.0, "use 0.9 (the paper) up to about 2")
         if self.threshold is not None:
             self.threshold = _number(self.threshold, "threshold", -1.0, 1.0, "a cosine similarity, e.g. 0.65")
         if self.window is not None:

@@ -20,7 +20,8 @@ from diffusers import (
 )
 
 from ..core.families import (
-    call_defaults, check_shared_embeds, concat_conditionings, detect_family, get_adapter, split_conditioning,
+    call_defaults, check_shared_embeds, detect_family, get_adapter, repeat_per_image,
+    split_conditioning,
 )
 from ..core.multibranch import POSITIVE, MultiBranchDenoiser, check_conditioning
 from ..guidance.combine import cfg_combine, perp_neg_combine, plain_negative_combine
@@ -192,6 +193,7 @@ class PerpNegPipeline(DiffusionPipeline):
         per_prompt = call.get("num_images_per_prompt", 1) or 1
         call = check_shared_embeds(call, batch_size)
         positive, uncond = adapter.encode_pair(inner, call, batch_size, per_prompt, device)
+        uncond = repeat_per_image(uncond, positive, per_prompt)
         branches = {UNCOND: uncond}
         texts = settings.positives + settings.negatives
         if texts:

@@ -3,8 +3,8 @@
 examples:
   # the bundled ShapeWorld model and reward, ShapeWorld training captions (the bundled embedding's command)
   negguide train-reneg --out runs/reneg --steps 300 --batch-size 8
-  # your checkpoint, prompts from a file, CLIP score from a local folder, two processes
-  accelerate launch --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
+  # your checkpoint, prompts from a file, CLIP score from a local folder, two processes (GPUs, or gloo on a CPU)
+  accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
       --reward clip=./clip-vit-large --out runs/sd15-reneg --guidance-scale 7.5 --num-inference-steps 30 --late-steps 10
   # several rewards with weights
   negguide train-reneg --reward shapeworld@1.0 --reward clip=./clip@0.1 --out runs/mix
@@ -16,29 +16,19 @@ OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).neg
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 
+from ..cli_flags import ranged
 from .trainer import ReNegConfig
 
 FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "guidance_scale", "num_inference_steps",
          "late_steps", "gradient_accumulation_steps", "checkpoint_every", "seed")
 
 
-def ranged(kind, low, high, name):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{name} = {value} is outside [{low}, {high}]")
-        return value
-
-    return parse
-
-
 def build_reward(specs: list):
-    """``shapeworld``, ``clip=PATH`` or ``pickscore=PATH``, each optionally ``@WEIGHT``; several are summed."""
+    """``shapeworld``, ``shapeworld-log``, ``clip=PATH`` or ``pickscore=PATH``, each optionally ``@WEIGHT``;
+    several are summed with their weights."""
     parts = []
     for spec in specs or ["shapeworld"]:
         text, _, weight = spec.partition("@")
@@ -47,10 +37,10 @@ def build_reward(specs: list):
             weight = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"reward weight in {spec!r} is not a number") from None
-        if name == "shapeworld":
+        if name in ("shapeworld", "shapeworld-log"):
             from ..rewards.shapeworld import ShapeWorldReward
 
-            reward = ShapeWorldReward.from_pretrained(path or None)
+            reward = ShapeWorldReward.from_pretrained(path or None, log_prob=name == "shapeworld-log")
         elif name in ("clip", "pickscore"):
             if not path:
                 raise ValueError(f"--reward {name} needs a model: {name}=PATH_OR_HUB_ID")
@@ -59,7 +49,7 @@ def build_reward(specs: list):
             cls = clip_rewards.CLIPScoreReward if name == "clip" else clip_rewards.PickScoreReward
             reward = cls.from_pretrained(path)
         else:
-            raise ValueError(f"unknown reward {name!r}; use shapeworld, clip=PATH or pickscore=PATH")
+            raise ValueError(f"unknown reward {name!r}; use shapeworld, shapeworld-log, clip=PATH or pickscore=PATH")
         parts.append((f"{name}{'=' + path if path else ''}", reward, weight))
     if len(parts) == 1 and parts[0][2] == 1.0:
         return parts[0][1]
@@ -77,7 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
                         help="without prompts: this many ShapeWorld training captions (default 200)")
-    parser.add_argument("--reward", action="append", help="shapeworld | clip=PATH | pickscore=PATH, optional @WEIGHT (repeatable)")
+    parser.add_argument("--reward", action="append", help="shapeworld (judged probability) | shapeworld-log (its log) | clip=PATH | pickscore=PATH, "
+                        "optional @WEIGHT (repeatable)")
     parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
     parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
                         help="T5 tokens for SD3/Flux (the bundled model: 0)")
@@ -117,8 +108,6 @@ def main(argv=None) -> None:
     from ..perpneg.pipeline import PerpNegPipeline
     from ..shapes.bench import DEFAULT_MODEL
     from .trainer import ReNegTrainer
-
-    import os
 
     model = args.model or os.path.abspath(DEFAULT_MODEL)
     if args.model is not None and os.path.exists(args.model) is False and "/" not in args.model:

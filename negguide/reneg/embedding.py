@@ -111,9 +111,13 @@ class NegativeEmbedding:
 
         if not os.path.isfile(path):
             raise ValueError(f"negative embedding file {path!r} does not exist")
-        with safe_open(path, framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as error:  # safetensors raises its own error type for a file of another format
+            raise ValueError(f"{path!r} is not a safetensors file ({error}); convert published .bin files with "
+                             "NegativeEmbedding.from_bin") from None
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{path!r} is not a negguide negative embedding (format {meta.get('format')!r}); "

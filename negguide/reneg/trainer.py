@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..core.accelerate_setup import make_accelerator
 from ..core.families import get_adapter
 from .embedding import NegativeEmbedding, null_embedding
 from .step import decode, default_size, guided_prediction, predict_x0, sample_to_step
@@ -98,15 +99,13 @@ class ReNegTrainer:
     """Learns a NegativeEmbedding for ``pipe`` (a PerpNegPipeline or any pipeline it can wrap) and ``reward``."""
 
     def __init__(self, pipe, reward, config: ReNegConfig, init: NegativeEmbedding | None = None, accelerator=None):
-        from accelerate import Accelerator
-
         from ..perpneg.pipeline import PerpNegPipeline
 
         if not callable(reward):
             raise TypeError(f"reward must be a callable (images, prompts) -> Tensor[B], got {type(reward).__name__}")
         self.pipe = pipe if isinstance(pipe, PerpNegPipeline) else PerpNegPipeline.from_pipe(pipe)
         self.reward, self.config = reward, config
-        self.accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.accelerator = accelerator or make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
             raise ValueError(f"batch_size = {config.batch_size} does not split into {self.accelerator.num_processes} "

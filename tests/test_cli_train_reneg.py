@@ -1,0 +1,57 @@
+"""``negguide train-reneg`` on the bundled ShapeWorld model: a short run writes the embedding and the reward curve
+and resumes; bad flags exit non-zero with one line naming the flag."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from negguide.cli import main
+from negguide.reneg import NegativeEmbedding
+
+QUICK = ["--batch-size", "2", "--shapeworld-prompts", "4", "--num-inference-steps", "4",
+         "--late-steps", "2", "--checkpoint-every", "1"]
+
+
+def test_train_reneg_writes_embedding_curve_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train-reneg", "--out", str(out), "--steps", "2", *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "negative_embedding.safetensors" in printed and "reward" in printed
+    first = NegativeEmbedding.load(str(out / "negative_embedding.safetensors"))
+    assert first.family == "sd3" and first.metadata["steps"] == "2"
+    assert "ShapeWorld" in first.metadata["base_model"]
+    assert (out / "reward_curve.png").stat().st_size > 1000
+    # asking for more steps resumes from the checkpoint of step 2
+    capsys.readouterr()
+    assert main(["train-reneg", "--out", str(out), "--steps", "3", *QUICK]) == 0
+    progress = capsys.readouterr().err
+    steps_shown = re.findall(r"ReNeg:[^|]*\|[^|]*\| (\d+)/3", progress)
+    assert steps_shown and steps_shown[0] == "2", steps_shown  # the bar started at step 2
+    assert NegativeEmbedding.load(str(out / "negative_embedding.safetensors")).metadata["steps"] == "3"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "0"], "--steps = 0 is outside"),
+        (["--lr", "abc"], "--lr must be a number"),
+        (["--prompts-file", "/nonexistent/prompts.txt"], "cannot read --prompts-file"),
+        (["--reward", "aesthetic"], "unknown reward 'aesthetic'"),
+        (["--reward", "clip"], "needs a model"),
+        (["--late-steps", "30"], "late_steps = 30 exceeds"),
+    ],
+)
+def test_train_reneg_bad_input_is_one_line(flags, message, tmp_path, capsys):
+    assert _exit_code(["train-reneg", "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and not (tmp_path / "x" / "checkpoint").exists()
+
+
+def _exit_code(argv: list) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        return stop.code
