@@ -4,8 +4,15 @@
 - loss: the DiffusionNFT loss in velocity form (flow matching) and in x0 form (epsilon / v prediction);
 - ema: the old-policy soft update and the evaluation EMA.
 
-Pure tensor functions only; the trainer (diffusers, peft, accelerate) lives elsewhere and imports these.
+- policies: current / old / reference as peft LoRA adapters of one denoiser, exported as a diffusers LoRA;
+- rollout: old-policy samples through the family's diffusers pipeline (any scheduler, CFG-free by default);
+- trainer: NFTConfig and NFTTrainer (accelerate, checkpoints, curves); cli: ``negguide train-nft``.
+
+The math is pure tensor functions imported here; the trainer's names load on first use, so ``import negguide.nft``
+imports neither diffusers nor peft.
 """
+
+import importlib as _importlib
 
 from .advantages import (advantage_to_probability, check_rewards, epoch_reward_std, group_advantages, group_index,
                          group_stats, optimality_probability)
@@ -13,8 +20,28 @@ from .ema import ema_update_, eval_ema_decay, old_policy_decay
 from .loss import (PREDICTION_TYPES, adaptive_x0_loss, check_loss_inputs, implicit_policies, kl_penalty,
                    native_kl_scale, nft_loss, nft_loss_x0, per_sample_mean, x0_from_flow, x0_from_prediction)
 
+_LAZY = {
+    "NFTConfig": ".trainer",
+    "NFTTrainer": ".trainer",
+    "TrainingDiverged": ".trainer",
+    "NFTPolicies": ".policies",
+    "Rollout": ".rollout",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(_importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "NFTConfig",
+    "NFTPolicies",
+    "NFTTrainer",
     "PREDICTION_TYPES",
+    "Rollout",
+    "TrainingDiverged",
     "adaptive_x0_loss",
     "advantage_to_probability",
     "check_loss_inputs",

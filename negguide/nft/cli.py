@@ -1,0 +1,126 @@
+"""``negguide train-nft``: fine-tune a LoRA with DiffusionNFT (online RL on the forward process) from a reward.
+
+examples:
+  # the bundled ShapeWorld flow model and reward, ShapeWorld training captions, judged accuracy plotted
+  negguide train-nft --out runs/nft --steps 200 --group-size 8 --prompts-per-step 4 --num-inference-steps 10
+  # your SD checkpoint, prompts from a file, CLIP score, CFG 4.5 rollouts, two processes (GPUs, or gloo on a CPU)
+  accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-nft --model ./sd15 \\
+      --prompts-file prompts.txt --reward clip=./clip-vit-large --guidance-scale 4.5 --out runs/sd15-nft
+  # several rewards with weights (the reference lowers beta to 0.1 for multi-reward)
+  negguide train-nft --reward shapeworld@1.0 --reward clip=./clip@0.1 --beta 0.1 --out runs/mix
+
+A run resumes from OUT/checkpoint when it exists (asking for more --steps continues it). It writes OUT/lora and
+OUT/lora_ema (diffusers LoRA folders: pipe.load_lora_weights("OUT/lora"); for a PerpNegPipeline use
+pipe.family_pipeline().load_lora_weights), OUT/reward_curve.png and, with an accuracy, OUT/accuracy_curve.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+from ..cli_flags import ranged
+from .trainer import NFTConfig
+
+
+def shapeworld_accuracy(images, prompts):
+    """ShapeWorld's judged accuracy per image (1: shows everything its prompt states), as a float tensor [B]."""
+    import torch
+
+    from ..shapes.judge import prompt_correct
+
+    return torch.as_tensor(prompt_correct(images, list(prompts)), dtype=torch.float32)
+
+
+def _ranged_fields() -> list:
+    return [f for f in fields(NFTConfig) if "min" in f.metadata]
+
+
+def _read_prompts(args) -> list | None:
+    if not args.prompts_file:
+        return args.prompts
+    try:
+        with open(args.prompts_file) as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except OSError as error:
+        raise ValueError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
+    if not prompts:
+        raise ValueError(f"--prompts-file {args.prompts_file!r} holds no prompts")
+    return prompts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="negguide train-nft", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoint, LoRA, curves)")
+    parser.add_argument("--prompts", nargs="+", default=None, help="training prompts")
+    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
+                        help="without prompts: this many ShapeWorld training captions (default 200)")
+    parser.add_argument("--reward", action="append", help="shapeworld | shapeworld-log | clip=PATH | pickscore=PATH, "
+                        "optional @WEIGHT (repeatable; default shapeworld)")
+    parser.add_argument("--accuracy", choices=("auto", "shapeworld", "none"), default="auto",
+                        help="per-step accuracy to log and plot (auto: shapeworld on the bundled model)")
+    parser.add_argument("--lora-targets", default=NFTConfig.lora_targets, help="modules to adapt, comma-separated "
+                        f"(default {NFTConfig.lora_targets})")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--no-eval-ema", action="store_true", help="do not keep the evaluation EMA (OUT/lora_ema)")
+    parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
+                        help="T5 tokens for SD3/Flux (the bundled model: 0)")
+    parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
+    parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
+    for spec in _ranged_fields():
+        meta, default, flag = spec.metadata, spec.default, "--" + spec.name.replace("_", "-")
+        kind = int if isinstance(default, int) else float
+        parser.add_argument(flag, type=ranged(kind, meta["min"], meta["max"], flag), default=default,
+                            help=f"{meta['help']} (default {default})")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    prompts = _read_prompts(args)
+    if prompts is None:
+        if args.model is not None:
+            raise ValueError("give --prompts or --prompts-file for your own model")
+        from ..reneg.shapeworld import shapeworld_prompts
+
+        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+    sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
+    config = NFTConfig(prompts=prompts, lora_targets=args.lora_targets, mixed_precision=args.mixed_precision,
+                       eval_ema=not args.no_eval_ema, height=args.height, width=args.width,
+                       max_sequence_length=sequence, output_dir=args.out,
+                       **{f.name: getattr(args, f.name) for f in _ranged_fields()})
+    if args.model is not None and not os.path.exists(args.model) and args.model.count("/") != 1:
+        raise ValueError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
+    from .trainer import check_writable
+
+    check_writable(args.out)  # before loading anything
+    from ..reneg.cli import build_reward
+
+    reward = build_reward(args.reward)
+    use_accuracy = args.accuracy == "shapeworld" or (args.accuracy == "auto" and args.model is None)
+    accuracy = shapeworld_accuracy if use_accuracy else None
+    if args.model is None:
+        from ..shapes.bench import load_bench_pipeline
+
+        pipe = load_bench_pipeline()
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(args.model)
+    from .trainer import NFTTrainer, TrainingDiverged
+
+    trainer = NFTTrainer(pipe, reward, config, accuracy=accuracy)
+    try:
+        history = trainer.train()
+    except TrainingDiverged as error:
+        raise SystemExit(f"negguide train-nft: {error}") from None
+    if trainer.accelerator.is_main_process and history:
+        first, last = history[0], history[-1]
+        extra = (f", accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}" if "accuracy" in last else "")
+        print(f"wrote {os.path.join(args.out, 'lora')} and {os.path.join(args.out, 'reward_curve.png')} "
+              f"(reward {first['reward']:.3f} -> {last['reward']:.3f}{extra}, {trainer.step} steps)")
