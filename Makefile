@@ -1,9 +1,9 @@
-# The README's two commands: `make demo` (main job on the bundled model) and `make test`.
+# The README's two commands: `make compare` (main job on the bundled model) and `make test`; `make demo` opens the app.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test bench compare clean
+.PHONY: setup test bench compare demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,9 +18,14 @@ setup: $(BIN)/python
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
 
-# main job: the bundled ShapeWorld model, every method side by side, judged; writes outputs/compare/*.png
+# main job: the bundled ShapeWorld model, every method side by side with the same seed, judged;
+# writes outputs/compare/grid.png and one PNG per image
 compare: setup
-	HF_HUB_OFFLINE=1 $(BIN)/negguide bench --quick --out outputs/compare
+	HF_HUB_OFFLINE=1 $(BIN)/negguide generate "a red shape" -n "a red circle" -w 1.5 \
+		--compare none plain perp-neg negtome reneg --batch 8 --steps 20 --out outputs/compare
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/negguide demo
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide bench --out outputs/bench

@@ -2,7 +2,8 @@
 
 examples:
   # the bundled ShapeWorld model and reward, ShapeWorld training captions (the bundled embedding's command)
-  negguide train-reneg --out runs/reneg --steps 300 --batch-size 8
+  negguide train-reneg --out assets/shapeworld/reneg --steps 600 --batch-size 32 --lr 1e-2 --warmup-steps 20 \\
+      --checkpoint-every 25
   # your checkpoint, prompts from a file, CLIP score from a local folder, two processes (GPUs, or gloo on a CPU)
   accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
       --reward clip=./clip-vit-large --out runs/sd15-reneg --guidance-scale 7.5 --num-inference-steps 30 --late-steps 10

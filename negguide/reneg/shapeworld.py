@@ -3,7 +3,7 @@
 Prompts are ShapeWorld captions (half of them two-object, where the bundled model is weakest) split by a hash of
 the text: a held-out prompt never appears in training.
 
-    python -m negguide.reneg.shapeworld --embedding assets/shapeworld/reneg/negative_embedding.safetensors
+    python -m negguide.reneg.shapeworld --per-sample --prompts 48 --seeds 3 --out outputs/reneg_shapeworld.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from ..shapes.world import CaptionProbs, sample_caption, sample_scene
 
-HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
+HAND_WRITTEN = "a shape and a shape"
+BUNDLED = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld", "reneg", "negative_embedding.safetensors")  # a user's guess at what to avoid: extra objects
 SPLITS = ("train", "heldout")
 
 
@@ -65,14 +66,17 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
 
 
 def main(argv=None) -> None:
+    from ..cli_flags import ranged
     from ..rewards.shapeworld import ShapeWorldReward
     from ..shapes.bench import load_bench_pipeline
     from .embedding import NegativeEmbedding
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embedding", required=True, help="a learned global negative embedding (.safetensors)")
+    parser.add_argument("--embedding", default=BUNDLED, help="a learned global negative embedding (.safetensors; "
+                        "default: the bundled one)")
     parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it (10 steps)")
-    parser.add_argument("--prompts", type=int, default=24, help="held-out prompts")
+    parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
+    parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     pipe = load_bench_pipeline()
@@ -88,8 +92,9 @@ def main(argv=None) -> None:
                              pipeline_kwargs={"max_sequence_length": 0})
         negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config).negative_kwargs()
                                          for p in prompts}
-    results = judge_negatives(pipe, reward, prompts, negatives)
-    print(f"{len(prompts)} held-out prompts x 2 seeds x 4 images")
+    seeds = tuple(range(50_000, 50_000 + args.seeds))
+    results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds)
+    print(f"{len(prompts)} held-out prompts x {len(seeds)} seeds x 4 images")
     print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['prompt accuracy']:.3f} | {r['two-object accuracy']:.3f} | {r['reward']:.3f} |")

@@ -218,7 +218,8 @@ class ReNegTrainer:
         names = {"negative_prompt_embeds": "prompt_embeds", "negative_pooled_prompt_embeds": "pooled_prompt_embeds"}
         meta = {**self.base_metadata, "trained_by": "negguide ReNeg", "steps": self.step,
                 "reward": type(self.reward).__name__, "base_model": getattr(self.pipe, "name_or_path", "") or "",
-                "config": json.dumps({k: v for k, v in asdict(self.config).items() if k != "prompts"})}
+                "config": json.dumps({k: v for k, v in asdict(self.config).items() if k not in ("prompts", "output_dir")}),
+                "prompts": str(len(self.config.prompts))}
         return NegativeEmbedding(self.pipe.family, {names[k]: v.detach().cpu().clone() for k, v in values.items()}, meta)
 
     # ------------------------------------------------------------------ checkpoints
