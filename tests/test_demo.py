@@ -174,3 +174,27 @@ def test_demo_command_rejects_bad_flags(capsys):
     assert cli(["demo", "--port", "99999"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("negguide demo: ") and "--port = 99999 is outside" in err and err.count("\n") == 1
+
+
+def test_demo_command_serves_the_page(app):
+    """`negguide demo` as a user runs it: a separate process that serves the page on 127.0.0.1 until stopped."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = app.free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "-m", "negguide.cli", "demo", "--port", str(port), "--no-example"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline, page = time.time() + 120, None
+        while page is None and time.time() < deadline and server.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.stderr.read().decode()[-2000:]
+        assert page is not None and "gradio" in page.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
