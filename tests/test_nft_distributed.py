@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import torch
 from safetensors.torch import load_file
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
+from launch_processes import launch  # noqa: E402
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed", "nft_two_process.py")
 
 
 def _launch(out, processes: int, accumulation: int = 1) -> str:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               SCRIPT, str(out), str(accumulation)]
-    if processes == 1:
-        command = [sys.executable, SCRIPT, str(out), str(accumulation)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return launch(SCRIPT, out, processes, accumulation)
 
 
 def test_two_processes_train_like_one(tmp_path):
