@@ -35,6 +35,8 @@ import warnings
 from collections import OrderedDict
 
 import torch
+
+from .inputs import check_images_and_prompts
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,43 +49,6 @@ PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 # ----------------------------------------------------------------------------------------------- pure helpers
-
-
-def check_images_and_prompts(images, prompts) -> list[str]:
-    """Validate a reward call; return the prompts as a list of ``B`` strings (a single str is repeated)."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W] in [0, 1], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a float tensor in [0, 1], got dtype {images.dtype}; use images.float() / 255"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must have shape [B, 3, H, W], got {tuple(images.shape)}; add a batch dim with images[None]"
-            " or move channels first with images.permute(0, 3, 1, 2)"
-        )
-    if images.shape[0] == 0 or min(images.shape[2:]) < 1:
-        raise ValueError(f"images of shape {tuple(images.shape)} are empty; pass at least one image")
-    batch = images.shape[0]
-    if isinstance(prompts, str):
-        prompts = [prompts] * batch
-    elif isinstance(prompts, (list, tuple)):
-        prompts = list(prompts)
-    else:
-        raise TypeError(f"prompts must be a list of str (one per image) or one str, got {type(prompts).__name__}")
-    if len(prompts) != batch:
-        raise ValueError(f"got {len(prompts)} prompts for {batch} images; pass one prompt per image (or one str)")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"every prompt must be a str, got {type(p).__name__} ({p!r}) at prompts[{i}]")
-    with torch.no_grad():
-        lo, hi = float(images.min()), float(images.max())
-    if not (lo >= -1e-3 and hi <= 1.0 + 1e-3):  # also catches NaN
-        raise ValueError(
-            f"images must hold values in [0, 1], got min {lo:.3g} max {hi:.3g}; map [-1, 1] images with"
-            " (x + 1) / 2 and uint8 ones with x / 255"
-        )
-    return prompts
 
 
 def preprocess_images(images: torch.Tensor, image_size: int, mean, std, resize_size: int | None = None) -> torch.Tensor:

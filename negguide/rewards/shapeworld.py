@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs import check_images_and_prompts
 from ..shapes.world import COLOURS, SHAPES, ParsedCaption, parse_caption
 
 #: layout classes, in head order
@@ -162,33 +163,6 @@ def caption_probability(probs: dict[str, torch.Tensor], kinds: torch.Tensor, cma
 # ----------------------------------------------------------------------------------------------- the reward
 
 
-def _check_inputs(images, prompts) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W] in [0, 1], got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a float tensor in [0, 1], got dtype {images.dtype}; use images.float() / 255"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must have shape [B, 3, H, W], got {tuple(images.shape)}; add a batch dim with images[None]"
-            " or move channels first with images.permute(0, 3, 1, 2)"
-        )
-    if images.shape[0] == 0 or min(images.shape[2:]) < 8:
-        raise ValueError(f"images of shape {tuple(images.shape)} are empty or smaller than 8x8 pixels")
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise TypeError(f"prompts must be a list of str (one per image), got {type(prompts).__name__}")
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"got {len(prompts)} prompts for {images.shape[0]} images; pass one prompt per image")
-    with torch.no_grad():
-        lo, hi = float(images.min()), float(images.max())
-    if not (lo >= -1e-3 and hi <= 1.0 + 1e-3):  # also catches NaN
-        raise ValueError(
-            f"images must hold values in [0, 1], got min {lo:.3g} max {hi:.3g}; map [-1, 1] images with"
-            " (x + 1) / 2 and uint8 ones with x / 255"
-        )
-
-
 class ShapeWorldReward(nn.Module):
     """Reward callable ``(images [B,3,H,W] in [0,1], prompts list[str]) -> Tensor[B]``: the probability (or with
     ``log_prob=True`` its log) that each image shows what its prompt states, differentiable w.r.t. images.
@@ -254,7 +228,7 @@ class ShapeWorldReward(nn.Module):
         return head_probabilities(self.net(images.to(param.device, param.dtype)).float())
 
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        _check_inputs(images, prompts)
+        check_images_and_prompts(images, prompts, min_size=8, single_prompt=False)
         kinds, cmask, smask = self._prompt_tensors(list(prompts), next(self.net.parameters()).device)
         p = caption_probability(self.head_probabilities(images), kinds, cmask, smask)  # [B]
         return torch.log(p + 1e-6) if self.log_prob else p
