@@ -248,7 +248,8 @@ def test_cfg_rollouts_batch_g_samples_per_prompt(family):
     assert out.images.shape == (6, 3, 32, 32) and out.latents.shape[0] == 6
     assert 0 <= float(out.images.min()) and float(out.images.max()) <= 1
     single = rollout(pipe, family, prompts[4:5], sample_generators(0, 0, [4]), guidance_scale=3.0, **common)
-    torch.testing.assert_close(single.latents[0], out.latents[4], rtol=1e-4, atol=1e-5)  # row 4 = its own run
+    # row 4 = its own run, up to float order (batch size and thread count change the kernels)
+    torch.testing.assert_close(single.latents[0], out.latents[4], rtol=1e-3, atol=1e-4)
     free = rollout(pipe, family, prompts[4:5], sample_generators(0, 0, [4]), guidance_scale=1.0, **common)
     assert (free.latents - single.latents).abs().max() > 1e-4
     assert not torch.allclose(out.latents[3], out.latents[4])  # samples of one prompt differ
