@@ -371,3 +371,55 @@ def test_train_nft_unwritable_output_is_one_line(capsys):
     assert _exit_code(["train-nft", "--out", "/proc/x", *QUICK]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not writable" in err
+
+
+# ----------------------------------------------------------------------------------------------- positive-only baseline
+
+
+def test_positive_only_loss_depends_only_on_kept_samples():
+    from negguide.nft.trainer import positive_only_loss
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 2, 3, 3, generator=g)
+    pred = torch.randn(4, 2, 3, 3, generator=g).requires_grad_(True)
+    r = torch.tensor([0.9, 0.5, 0.2, 0.6])  # kept: 0 and 3 (r > 0.5); r = 0.5 (tied with the mean) is dropped
+    loss, stats = positive_only_loss(x0, pred, r, kl=None, kl_weight=0.0)
+    loss.backward()
+    grad = pred.grad
+    assert grad[0].abs().sum() > 0 and grad[3].abs().sum() > 0
+    assert torch.equal(grad[1], torch.zeros_like(grad[1])) and torch.equal(grad[2], torch.zeros_like(grad[2]))
+    assert float(stats["kept"]) == 0.5
+    # changing the dropped samples' targets changes nothing
+    x0b = x0.clone()
+    x0b[1:3] += 5.0
+    torch.testing.assert_close(positive_only_loss(x0b, pred, r, kl=None, kl_weight=0.0)[0], loss)
+    # it equals NFT's positive term at beta = 1 (r = 1 on the kept samples), averaged over the whole batch
+    from negguide.nft.loss import adaptive_x0_loss
+
+    expected = adaptive_x0_loss(pred, x0)[[0, 3]].sum() / 4
+    torch.testing.assert_close(loss, expected)
+
+
+def test_positive_only_loss_keeps_the_kl_term():
+    from negguide.nft.trainer import positive_only_loss
+
+    x0 = torch.zeros(2, 1, 2, 2)
+    pred = torch.ones(2, 1, 2, 2, requires_grad=True)
+    r = torch.tensor([0.1, 0.2])  # nothing kept: only the KL pulls
+    kl = ((pred - 0.5) ** 2).flatten(1).mean(1)
+    loss, _ = positive_only_loss(x0, pred, r, kl=kl, kl_weight=0.1)
+    torch.testing.assert_close(loss, torch.tensor(0.1 * 0.25))
+
+
+@pytest.mark.parametrize("family", FLOW_AND_EPS)
+def test_positive_only_objective_trains_only_on_samples_above_their_prompt_mean(family):
+    t = trainer(family, objective="positive-only", kl_weight=0.0)
+    batch = t.collect(0)
+    t.backward(batch, 0)
+    assert flat_grad(t).abs().sum() > 0
+    t.optimizer.zero_grad(set_to_none=True)
+    tied = [(i, p, x, torch.full_like(r, 0.5)) for i, p, x, r in batch.micro]  # every reward at its group mean
+    t.backward(type(batch)(tied, batch.rewards, batch.prompts), 0)
+    assert flat_grad(t).abs().sum() == 0
+    with pytest.raises(ValueError, match="objective"):
+        config(objective="grpo")

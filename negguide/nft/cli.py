@@ -6,6 +6,8 @@ examples:
   # your SD checkpoint, prompts from a file, CLIP score, CFG 4.5 rollouts, two processes (GPUs, or gloo on a CPU)
   accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-nft --model ./sd15 \\
       --prompts-file prompts.txt --reward clip=./clip-vit-large --guidance-scale 4.5 --out runs/sd15-nft
+  # the positive-only baseline (reward-filtered x0 regression, same rollouts); compare: python -m negguide.nft.shapeworld
+  negguide train-nft --objective positive-only --out runs/positive-only --steps 200
   # several rewards with weights (the reference lowers beta to 0.1 for multi-reward)
   negguide train-nft --reward shapeworld@1.0 --reward clip=./clip@0.1 --beta 0.1 --out runs/mix
 
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-targets", default=NFTConfig.lora_targets, help="modules to adapt, comma-separated "
                         f"(default {NFTConfig.lora_targets})")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument("--objective", choices=("nft", "positive-only"), default="nft",
+                        help="nft (DiffusionNFT) | positive-only (baseline: x0 regression on the samples rewarded "
+                             "above their prompt's mean, same rollouts and trainer; default nft)")
     parser.add_argument("--no-eval-ema", action="store_true", help="do not keep the evaluation EMA (OUT/lora_ema)")
     parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
                         help="T5 tokens for SD3/Flux (the bundled model: 0)")
@@ -91,6 +96,7 @@ def main(argv=None) -> None:
         prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     config = NFTConfig(prompts=prompts, lora_targets=args.lora_targets, mixed_precision=args.mixed_precision,
+                       objective=args.objective,
                        eval_ema=not args.no_eval_ema, height=args.height, width=args.width,
                        max_sequence_length=sequence, output_dir=args.out,
                        **{f.name: getattr(args, f.name) for f in _ranged_fields()})

@@ -28,7 +28,8 @@ import torch
 from ..core.accelerate_setup import make_accelerator
 from .advantages import group_stats, optimality_probability
 from .ema import ema_update_, eval_ema_decay, old_policy_decay
-from .loss import native_kl_scale, nft_loss, nft_loss_x0, x0_from_prediction
+from .loss import (adaptive_x0_loss, kl_penalty, native_kl_scale, nft_loss, nft_loss_x0, x0_from_flow,
+                   x0_from_prediction)
 from .policies import (CURRENT, DEFAULT_TARGETS, OLD, REFERENCE, NFTPolicies, load_training_state,
                        save_training_state)
 from .rollout import (check_prediction_type, default_size, denoiser_inputs, denoiser_of, forward_noise, predict,
@@ -36,6 +37,7 @@ from .rollout import (check_prediction_type, default_size, denoiser_inputs, deno
 
 CHECKPOINT = "checkpoint"
 PRECISIONS = ("no", "fp16", "bf16")
+OBJECTIVES = ("nft", "positive-only")
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,6 +87,9 @@ class NFTConfig:
     max_sequence_length: int | None = field(default=None, metadata={"help": "T5 tokens (SD3 / Flux)"})
     output_dir: str | None = field(default=None, metadata={"help": "checkpoint, LoRA, curves"})
     pipeline_kwargs: dict = field(default_factory=dict, metadata={"help": "more rollout pipeline arguments"})
+    objective: str = field(default="nft", metadata={"help": "nft | positive-only (baseline: x0 regression on the "
+                                                     "samples rewarded above their prompt's mean, r > 0.5)",
+                                                     "choices": OBJECTIVES})
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):
@@ -107,6 +112,8 @@ class NFTConfig:
                 raise ValueError(f"{f.name} = {value!r} is outside {bracket}{meta['min']}, {meta['max']}]{extra}")
         if self.timestep_min >= self.timestep_max:
             raise ValueError(f"timestep_min = {self.timestep_min} must be below timestep_max = {self.timestep_max}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective = {self.objective!r} is not one of {OBJECTIVES}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision = {self.mixed_precision!r} is not one of {PRECISIONS}")
         if isinstance(self.lora_targets, (list, tuple)):
@@ -261,15 +268,29 @@ class NFTTrainer:
         if inputs is None:
             inputs = denoiser_inputs(self.pipe, self.family, prompts, self.height, self.width, self.pipeline_kwargs)
         x_t, level, timestep = self._noised(x0, step, indices, k)
+        positive_only = c.objective == "positive-only"
         with acc.autocast():
             with torch.no_grad():
-                with self.policies.use(OLD):
-                    p_old = predict(self.denoiser, self.family, inputs, x_t, timestep)
+                p_old = None
+                if not positive_only:  # the baseline's loss never reads the old policy (it still samples)
+                    with self.policies.use(OLD):
+                        p_old = predict(self.denoiser, self.family, inputs, x_t, timestep)
                 p_ref = None
                 if c.kl_weight > 0:
                     with self.policies.use(REFERENCE):
                         p_ref = predict(self.denoiser, self.family, inputs, x_t, timestep)
             p_theta = predict(self.denoiser, self.family, inputs, x_t, timestep)
+        if positive_only:
+            if self.prediction == "flow":
+                x0_theta = x0_from_flow(p_theta.float(), x_t.float(), level)
+                kl = kl_penalty(p_theta.float(), p_ref.float()) if p_ref is not None else None
+            else:
+                x0_theta = x0_from_prediction(p_theta.float(), x_t.float(), level, self.prediction)
+                kl = None
+                if p_ref is not None:
+                    kl = kl_penalty(x0_theta, x0_from_prediction(p_ref.float(), x_t.float(), level, self.prediction))
+                    kl = kl * native_kl_scale(self.prediction, alpha_bar=level).to(kl).reshape(-1)
+            return positive_only_loss(x0, x0_theta, r, kl, kl_weight=c.kl_weight)
         if self.prediction == "flow":
             return nft_loss(x0, x_t, level, p_theta, p_old, p_ref, r, beta=c.beta, kl_weight=c.kl_weight)
         to_x0 = lambda p: None if p is None else x0_from_prediction(p, x_t, level, self.prediction)  # noqa: E731
@@ -396,6 +417,27 @@ class NFTTrainer:
             raise ValueError(f"the checkpoint in {folder!r} trained a {meta.get('family')} model, this is {self.family}")
         self.ema = ema if self.ema is not None and ema is not None else self.ema
         self.step, self.history = meta["step"], meta["history"]
+
+
+def positive_only_loss(x0: torch.Tensor, x0_theta: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | None = None,
+                       kl_weight: float = 1e-4, eps: float = 1e-5):
+    """The positive-only (reward-filtered fine-tuning) baseline: the x0 regression of the samples with r > 0.5 (reward
+    above their prompt group's mean) toward their own x0, with NFT's adaptive weighting; the others weigh 0.
+
+        loss = mean_B(1[r > 0.5] * L(x0_theta)) + kl_weight * mean_B(kl)      L: adaptive_x0_loss
+
+    This is DiffusionNFT's positive term at beta = 1 (v+ = v_theta) with r replaced by the 0/1 filter and no negative
+    term. The mean is over the whole batch (dropped samples count as zeros), so micro-batches and processes add up
+    exactly as for nft_loss. Returns (loss, detached diagnostics) like nft_loss (old_deviation: 0, unused).
+    """
+    keep = (r.detach() > 0.5).to(x0_theta.dtype)  # [B]
+    fit = adaptive_x0_loss(x0_theta, x0.to(x0_theta.dtype), eps)  # [B]
+    policy = (keep * fit).mean()
+    kl_mean = kl.mean() if kl is not None else x0_theta.new_zeros(())
+    loss = policy + kl_weight * kl_mean
+    stats = {"policy": policy, "loss_plus": fit.mean(), "loss_minus": torch.zeros_like(policy), "kl": kl_mean,
+             "old_deviation": torch.zeros_like(policy), "kept": keep.mean()}
+    return loss, {k: v.detach() for k, v in stats.items()}
 
 
 def check_writable(folder: str) -> None:

@@ -1,0 +1,289 @@
+"""DiffusionNFT on ShapeWorld: held-out two-object accuracy, and NFT against a positive-only baseline.
+
+Held-out prompts are two-object ShapeWorld captions of the "heldout" split (split by a hash of the caption text, see
+negguide.reneg.shapeworld): none of them is ever a training prompt (the "train" split, as ``negguide train-nft``
+uses by default). Accuracy is judged (negguide.shapes.judge.prompt_correct) on CFG-free samples (guidance 1, as the
+paper evaluates) from a fixed seed set.
+
+    # base model only
+    python -m negguide.nft.shapeworld --eval-only
+    # NFT vs the positive-only baseline, same rollouts budget and seed, accuracy every 25 steps
+    python -m negguide.nft.shapeworld --out outputs/nft_shapeworld --steps 400 --eval-every 25
+
+Writes OUT/curves.json, OUT/curves.png (both held-out accuracy curves, the base model as a horizontal line) and
+OUT/table.md (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+RELATIONS = (" and ", " to the left of ", " to the right of ", " next to ", " above ", " below ")
+OBJECTIVES = ("nft", "positive-only")
+
+
+def is_two_object(caption: str) -> bool:
+    """A caption naming two objects (joined by "and" or a spatial relation)."""
+    return any(word in f" {caption} " for word in RELATIONS)
+
+
+def heldout_two_object_prompts(n: int = 24, seed: int = 1) -> list[str]:
+    """``n`` distinct two-object captions of the held-out split."""
+    from ..reneg.shapeworld import shapeworld_prompts
+
+    for pool in (4 * n, 8 * n, 16 * n, 32 * n):
+        try:
+            candidates = shapeworld_prompts(pool, "heldout", seed)
+        except ValueError:
+            break
+        two = [p for p in candidates if is_two_object(p)]
+        if len(two) >= n:
+            return two[:n]
+    raise ValueError(f"fewer than {n} two-object held-out captions; ask for fewer")
+
+
+def training_prompts(n: int = 200) -> list[str]:
+    """The training captions ``negguide train-nft`` uses by default (the "train" split, seed 0)."""
+    from ..reneg.shapeworld import shapeworld_prompts
+
+    return shapeworld_prompts(n, "train")
+
+
+def _inner(pipe):
+    """The diffusers pipeline behind a PerpNegPipeline (or the pipeline itself)."""
+    return pipe.family_pipeline() if hasattr(pipe, "family_pipeline") else pipe
+
+
+@torch.no_grad()
+def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4, steps: int = 10,
+             guidance_scale: float = 1.0, return_details: bool = False):
+    """Judged accuracy of ``pipe`` (with whatever LoRA is active) on prompts x seeds x images_per_prompt samples.
+
+    Every image has its own generator seeded by (seed, prompt index, image index): the same noise for every model.
+    Returns the accuracy (float), or with ``return_details`` a dict with the per-image hits too."""
+    from ..shapes.judge import prompt_correct
+
+    inner = _inner(pipe)
+    hits = []
+    for seed in seeds:
+        generators = [torch.Generator().manual_seed(int(seed) * 100_003 + i * 97 + j)
+                      for i in range(len(prompts)) for j in range(images_per_prompt)]
+        images = inner(prompt=list(prompts), num_images_per_prompt=images_per_prompt, num_inference_steps=steps,
+                       guidance_scale=guidance_scale, generator=generators, output_type="pt",
+                       max_sequence_length=0).images  # [P * k, 3, H, W] in [0, 1], prompt-major
+        expanded = [p for p in prompts for _ in range(images_per_prompt)]
+        hits.extend(prompt_correct(images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy(), expanded).tolist())
+    accuracy = float(np.mean(hits))
+    if return_details:
+        return {"accuracy": accuracy, "images": len(hits), "stderr": standard_error(accuracy, len(hits)), "hits": hits}
+    return accuracy
+
+
+def evaluate_lora(pipe, folder: str, prompts: list, **kwargs) -> float:
+    """``evaluate`` with the diffusers LoRA in ``folder`` loaded (and unloaded after)."""
+    inner = _inner(pipe)
+    inner.load_lora_weights(folder)
+    try:
+        return evaluate(inner, prompts, **kwargs)
+    finally:
+        inner.unload_lora_weights()
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n images."""
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def steps_to_reach(curve: list, target: float) -> int | None:
+    """The first evaluated step whose accuracy is >= target (curve: [(step, accuracy)]); None if never."""
+    for step, accuracy in curve:
+        if accuracy >= target - 1e-12:
+            return step
+    return None
+
+
+def compare_curves(base: float, curves: dict, steps: int) -> dict:
+    """NFT's best accuracy and when it got there; when the baseline reaches it (and a 90%-of-the-gain threshold)."""
+    nft, baseline = curves["nft"], curves["positive-only"]
+    best = max(a for _, a in nft)
+    out = {"base": base, "nft_best": best, "nft_step_best": steps_to_reach(nft, best),
+           "baseline_best": max(a for _, a in baseline), "steps": steps}
+    out["baseline_step_best"] = steps_to_reach(baseline, best)
+    target90 = base + 0.9 * (best - base)
+    out["target90"] = target90
+    out["nft_step90"] = steps_to_reach(nft, target90)
+    out["baseline_step90"] = steps_to_reach(baseline, target90)
+    for key in ("best", "90"):
+        a, b = out[f"nft_step{'_best' if key == 'best' else key}"], out[f"baseline_step{'_best' if key == 'best' else key}"]
+        out[f"ratio_{key}"] = (b / a) if (a and b) else None
+    return out
+
+
+def markdown_table(base: float, curves: dict, summary: dict, images: int) -> str:
+    se = lambda p: standard_error(p, images)  # noqa: E731
+    lines = [f"Held-out two-object accuracy ({images} judged images per point, CFG 1; +- binomial s.e.)", "",
+             "| step | NFT | positive-only |", "|---|---|---|",
+             f"| base | {base:.3f} +- {se(base):.3f} | {base:.3f} +- {se(base):.3f} |"]
+    other = dict(curves["positive-only"])
+    for step, acc in curves["nft"]:
+        b = other.get(step)
+        lines.append(f"| {step} | {acc:.3f} +- {se(acc):.3f} | " + (f"{b:.3f} +- {se(b):.3f} |" if b is not None else "- |"))
+    lines.append("")
+    s = summary
+    lines.append(f"- base accuracy: {base:.3f}")
+    lines.append(f"- NFT best: {s['nft_best']:.3f} at step {s['nft_step_best']}; positive-only best: "
+                 f"{s['baseline_best']:.3f}")
+    if s["ratio_best"] is not None:
+        lines.append(f"- steps to NFT's best ({s['nft_best']:.3f}): NFT {s['nft_step_best']}, positive-only "
+                     f"{s['baseline_step_best']}: ratio {s['ratio_best']:.2f}x")
+    else:
+        lines.append(f"- steps to NFT's best ({s['nft_best']:.3f}): NFT {s['nft_step_best']}, positive-only not reached "
+                     f"within {s['steps']} steps (its best {s['baseline_best']:.3f}): ratio > "
+                     f"{s['steps'] / max(s['nft_step_best'], 1):.2f}x")
+    t = s["target90"]
+    if s["ratio_90"] is not None:
+        lines.append(f"- steps to 90% of NFT's gain ({t:.3f}): NFT {s['nft_step90']}, positive-only "
+                     f"{s['baseline_step90']}: ratio {s['ratio_90']:.2f}x")
+    elif s["nft_step90"]:
+        lines.append(f"- steps to 90% of NFT's gain ({t:.3f}): NFT {s['nft_step90']}, positive-only not reached within "
+                     f"{s['steps']} steps: ratio > {s['steps'] / max(s['nft_step90'], 1):.2f}x")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(base: float, curves: dict, path: str, images: int, title: str = "") -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, style in (("nft", "o-"), ("positive-only", "s--")):
+        if curves.get(name):
+            steps, acc = zip(*curves[name])
+            acc = np.array(acc)
+            err = np.sqrt(acc * (1 - acc) / images)
+            label = "DiffusionNFT" if name == "nft" else "positive-only (reward-filtered x0 regression)"
+            ax.plot(steps, acc, style, label=label, markersize=3)
+            ax.fill_between(steps, acc - err, acc + err, alpha=0.15)
+    ax.axhline(base, color="gray", linestyle=":", label=f"base model ({base:.3f})")
+    ax.set(xlabel="training step (16 rollouts each)", ylabel="held-out two-object accuracy (CFG 1)",
+           title=title or "ShapeWorld: DiffusionNFT vs positive-only", ylim=(0, 1))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_comparison(out: str, steps: int = 200, eval_every: int = 25, objectives=OBJECTIVES, n_prompts: int = 24,
+                   seeds=(1000, 1001), images_per_prompt: int = 4, eval_steps: int = 10, train_prompts: int = 200,
+                   seed: int = 0, log=print, **config) -> dict:
+    """Train each objective from the same seed with the same rollout budget through NFTTrainer; evaluate the current
+    LoRA (in memory) on the held-out prompts every ``eval_every`` steps. Writes OUT/curves.json, .png, table.md."""
+    from ..rewards.shapeworld import ShapeWorldReward
+    from ..shapes.bench import load_bench_pipeline
+    from .cli import shapeworld_accuracy
+    from .trainer import NFTConfig, NFTTrainer
+
+    os.makedirs(out, exist_ok=True)
+    heldout = heldout_two_object_prompts(n_prompts)
+    train = training_prompts(train_prompts)
+    overlap = set(heldout) & set(train)
+    if overlap:
+        raise RuntimeError(f"held-out prompts in training: {sorted(overlap)[:3]}")
+    images = len(heldout) * len(seeds) * images_per_prompt
+    ev = dict(seeds=seeds, images_per_prompt=images_per_prompt, steps=eval_steps)
+    path = os.path.join(out, "curves.json")
+    result = {"heldout_prompts": heldout, "images_per_point": images, "eval": {**ev, "guidance_scale": 1.0},
+              "train": {"steps": steps, "eval_every": eval_every, "seed": seed, "prompts": len(train), **config},
+              "curves": {}, "train_history": {}, "timings": {}}
+    base = None
+    for objective in objectives:
+        pipe = load_bench_pipeline()
+        if base is None:
+            t0 = time.time()
+            base = evaluate(pipe, heldout, **ev)
+            result["base"], result["timings"]["eval_s"] = base, time.time() - t0
+            log(f"base accuracy {base:.3f} ({images} images, {result['timings']['eval_s']:.1f} s)")
+        trainer = NFTTrainer(pipe, ShapeWorldReward.from_pretrained(), NFTConfig(
+            prompts=train, steps=steps, seed=seed, objective=objective, max_sequence_length=0,
+            output_dir=os.path.join(out, objective), checkpoint_every=10**6, **config), accuracy=shapeworld_accuracy)
+        curve = [(0, base)]
+        t0, t_eval = time.time(), 0.0
+        while trainer.step < steps:
+            entry = trainer.train_step()
+            if trainer.step % eval_every == 0 or trainer.step == steps:
+                t1 = time.time()
+                accuracy = evaluate(trainer.pipe, heldout, **ev)  # the current adapter is active outside policies.use
+                t_eval += time.time() - t1
+                curve.append((trainer.step, accuracy))
+                log(f"{objective} step {trainer.step}: held-out {accuracy:.3f} (train reward {entry['reward']:.3f}, "
+                    f"train acc {entry.get('accuracy', float('nan')):.3f}, {time.time() - t0:.0f} s)")
+                result["curves"][objective] = curve
+                result["train_history"][objective] = trainer.history
+                result["timings"][objective] = {"wall_s": time.time() - t0, "eval_s": t_eval, "steps": trainer.step}
+                with open(path, "w") as f:
+                    json.dump(result, f, indent=1)
+        trainer.save_outputs(trainer.config.output_dir)
+        del trainer, pipe
+    if all(o in result["curves"] for o in OBJECTIVES):
+        summary = compare_curves(base, result["curves"], steps)
+        result["summary"] = summary
+        table = markdown_table(base, result["curves"], summary, images)
+        with open(os.path.join(out, "table.md"), "w") as f:
+            f.write(table)
+        log(table)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    plot_curves(base, result["curves"], os.path.join(out, "curves.png"), images,
+                title=f"ShapeWorld held-out two-object prompts ({images} images/point)")
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/nft_shapeworld")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--prompts", type=int, default=24, help="held-out two-object prompts")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001])
+    parser.add_argument("--images-per-prompt", type=int, default=4)
+    parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps of the evaluation")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--eval-only", action="store_true", help="only the base model's (or --lora's) accuracy")
+    parser.add_argument("--lora", default=None, help="with --eval-only: a LoRA folder to evaluate")
+    args = parser.parse_args(argv)
+    ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps)
+    if args.eval_only:
+        from ..shapes.bench import load_bench_pipeline
+
+        pipe = load_bench_pipeline()
+        prompts = heldout_two_object_prompts(args.prompts)
+        t0 = time.time()
+        acc = evaluate_lora(pipe, args.lora, prompts, **ev) if args.lora else evaluate(pipe, prompts, **ev)
+        n = len(prompts) * len(args.seeds) * args.images_per_prompt
+        print(f"held-out two-object accuracy {acc:.3f} +- {standard_error(acc, n):.3f} ({n} images, "
+              f"{time.time() - t0:.1f} s)")
+        return
+    run_comparison(args.out, steps=args.steps, eval_every=args.eval_every, objectives=args.objectives,
+                   n_prompts=args.prompts, seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt,
+                   eval_steps=args.eval_steps, seed=args.seed, lr=args.lr, group_size=args.group_size,
+                   prompts_per_step=args.prompts_per_step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""DiffusionNFT on ShapeWorld (negguide.nft.shapeworld): held-out prompts, the judged evaluation, LoRA load/unload,
+the comparison runner end to end on a tiny budget, and the summary table."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from negguide.nft import shapeworld as sw
+
+warnings.filterwarnings("ignore")
+TINY_EVAL = dict(seeds=(7,), images_per_prompt=2, steps=2)
+
+
+def test_heldout_prompts_are_two_object_and_never_trained_on():
+    held = sw.heldout_two_object_prompts(24)
+    assert len(held) == len(set(held)) == 24 and all(sw.is_two_object(p) for p in held)
+    assert not sw.is_two_object("a red circle") and sw.is_two_object("a red circle to the left of a square")
+    from negguide.nft.cli import build_parser
+    from negguide.reneg.shapeworld import shapeworld_prompts
+
+    default = build_parser().parse_args(["--out", "x"]).shapeworld_prompts  # what train-nft trains on by default
+    assert set(sw.training_prompts(default)) == set(shapeworld_prompts(default, "train"))
+    assert not set(held) & set(shapeworld_prompts(540, "train"))  # every train caption
+
+
+def test_compare_curves_ratio_and_not_reached():
+    curves = {"nft": [(0, 0.5), (10, 0.7), (20, 0.9), (30, 0.85)],
+              "positive-only": [(0, 0.5), (10, 0.55), (20, 0.6), (30, 0.9)]}
+    s = sw.compare_curves(0.5, curves, 30)
+    assert s["nft_best"] == 0.9 and s["nft_step_best"] == 20 and s["baseline_step_best"] == 30
+    assert s["ratio_best"] == pytest.approx(1.5)
+    curves["positive-only"][-1] = (30, 0.6)
+    s = sw.compare_curves(0.5, curves, 30)
+    assert s["ratio_best"] is None
+    table = sw.markdown_table(0.5, curves, s, 192)
+    assert "not reached within 30 steps" in table and "| 20 | 0.900" in table
+    assert sw.standard_error(0.5, 100) == pytest.approx(0.05)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    from negguide.shapes.bench import load_bench_pipeline
+
+    return load_bench_pipeline()
+
+
+def test_evaluate_is_deterministic_and_lora_unloads(bench, tmp_path):
+    prompts = sw.heldout_two_object_prompts(2)
+    details = sw.evaluate(bench, prompts, return_details=True, **TINY_EVAL)
+    assert details["images"] == 4 and 0.0 <= details["accuracy"] <= 1.0
+    assert sw.evaluate(bench, prompts, **TINY_EVAL) == details["accuracy"]
+    # a LoRA that changes the model (the trainer's export of a perturbed current adapter) loads, then unloads
+    from negguide.nft.policies import CURRENT, NFTPolicies
+    from negguide.shapes.bench import load_bench_pipeline
+
+    other = load_bench_pipeline().family_pipeline()
+    policies = NFTPolicies(other.transformer, 4, 8.0, seed=0)
+    with torch.no_grad():
+        for p in policies.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    folder = str(tmp_path / "lora")
+    policies.export(folder, "sd3", policies.state_dict(CURRENT))
+    inner = bench.family_pipeline()
+    before = inner(prompt=prompts[:1], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                   output_type="pt", max_sequence_length=0).images
+    calls = []
+    original = sw.evaluate
+    sw.evaluate = lambda pipe, *a, **k: calls.append(len(pipe.transformer.peft_config)) or original(pipe, *a, **k)
+    try:
+        sw.evaluate_lora(bench, folder, prompts, **TINY_EVAL)
+    finally:
+        sw.evaluate = original
+    assert calls == [1]  # the LoRA was active during the evaluation
+    after = inner(prompt=prompts[:1], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="pt", max_sequence_length=0).images
+    torch.testing.assert_close(after, before)  # and is gone after
+
+
+def test_comparison_runner_writes_curves_plot_and_table(tmp_path):
+    out = tmp_path / "cmp"
+    result = sw.run_comparison(str(out), steps=2, eval_every=1, n_prompts=2, seeds=(3,), images_per_prompt=2,
+                               eval_steps=2, train_prompts=8, group_size=2, prompts_per_step=1,
+                               num_inference_steps=2, lora_rank=4, lora_alpha=8.0, log=lambda *_: None)
+    saved = json.loads((out / "curves.json").read_text())
+    for objective in sw.OBJECTIVES:
+        assert [s for s, _ in saved["curves"][objective]] == [0, 1, 2]
+        assert saved["curves"][objective][0][1] == saved["base"]
+        assert len(saved["train_history"][objective]) == 2
+    assert saved["images_per_point"] == 4 and "summary" in result
+    assert (out / "curves.png").stat().st_size > 1000
+    table = (out / "table.md").read_text()
+    assert "base" in table and "positive-only" in table
