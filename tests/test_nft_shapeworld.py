@@ -88,9 +88,50 @@ def test_comparison_runner_writes_curves_plot_and_table(tmp_path):
     saved = json.loads((out / "curves.json").read_text())
     for objective in sw.OBJECTIVES:
         assert [s for s, _ in saved["curves"][objective]] == [0, 1, 2]
-        assert saved["curves"][objective][0][1] == saved["base"]
-        assert len(saved["train_history"][objective]) == 2
-    assert saved["images_per_point"] == 4 and "summary" in result
+        assert saved["curves"][objective][0][1] == saved["base"]  # the zero-initialised LoRA is the base model
+        assert (out / objective / "heldout.json").is_file() and (out / objective / "lora").is_dir()
+        assert (out / objective / "heldout_curve.png").stat().st_size > 1000
+    assert saved["images_per_point"] == 4 and result["summary"]["steps"] == 2
     assert (out / "curves.png").stat().st_size > 1000
     table = (out / "table.md").read_text()
     assert "base" in table and "positive-only" in table
+    # the report alone, from the two run folders, gives the same table
+    again = tmp_path / "again"
+    sw.report(str(out / "nft"), str(out / "positive-only"), str(again), log=lambda *_: None)
+    assert (again / "table.md").read_text() == table
+    with pytest.raises(ValueError, match="heldout-every"):
+        sw.report(str(tmp_path / "nowhere"), str(out / "positive-only"), str(again))
+
+
+class _FakeTrainer:
+    """What HeldoutMonitor reads of a trainer."""
+
+    def __init__(self, steps):
+        from types import SimpleNamespace
+
+        self.step, self.history, self.pipe = 0, [], None
+        self.config = SimpleNamespace(steps=steps)
+        self.accelerator = SimpleNamespace(is_main_process=True)
+
+
+def test_heldout_monitor_schedule_and_resume(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sw, "evaluate", lambda pipe, prompts, **kw: calls.append(kw) or 0.25 + 0.01 * len(calls))
+    trainer = _FakeTrainer(steps=7)
+    monitor = sw.HeldoutMonitor(str(tmp_path), 3, ["a circle and a square"], log=lambda *_: None)
+    for step in range(8):
+        trainer.step = step
+        monitor(trainer)
+    assert [s for s, _ in monitor.curve] == [0, 3, 6, 7] and len(calls) == 4
+    monitor(trainer)  # the same step twice (e.g. called again after a resume): not evaluated again
+    assert len(calls) == 4
+    # a run resumed from its step-4 checkpoint keeps the points up to 4 and redoes 6 and 7
+    resumed = sw.HeldoutMonitor(str(tmp_path), 3, ["a circle and a square"], log=lambda *_: None)
+    assert [s for s, _ in resumed.curve] == [0, 3, 6, 7]
+    trainer.step = 4
+    resumed(trainer)
+    assert [s for s, _ in resumed.curve] == [0, 3]
+    # other prompts: the saved curve is not theirs, start over
+    assert sw.HeldoutMonitor(str(tmp_path), 3, ["a red circle and a square"]).curve == []
+    with pytest.raises(ValueError, match="every"):
+        sw.HeldoutMonitor(str(tmp_path), 0, ["a circle and a square"])

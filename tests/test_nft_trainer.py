@@ -333,11 +333,15 @@ QUICK = ["--steps", "1", "--group-size", "2", "--prompts-per-step", "2", "--num-
 
 def test_train_nft_command_on_the_bundled_model(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli_main(["train-nft", "--out", str(out), *QUICK]) == 0
+    assert cli_main(["train-nft", "--out", str(out), *QUICK, "--heldout-every", "1", "--heldout-prompts", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "lora" in printed and "accuracy" in printed
+    assert "lora" in printed and "accuracy" in printed and "held-out" in printed
+    import json
+
+    heldout = json.loads((out / "heldout.json").read_text())
+    assert [s for s, _ in heldout["curve"]] == [0, 1] and heldout["images_per_point"] == 8
     for name in ("lora/pytorch_lora_weights.safetensors", "reward_curve.png", "accuracy_curve.png",
-                 "checkpoint/state.json"):
+                 "heldout_curve.png", "checkpoint/state.json"):
         assert (out / name).exists(), name
     from negguide.shapes.bench import load_bench_pipeline
 
@@ -359,6 +363,8 @@ def _exit_code(argv: list) -> int:
     (["--lr", "fast"], "--lr must be a number"),
     (["--reward", "aesthetic"], "unknown reward 'aesthetic'"),
     (["--prompts-file", "/nonexistent/prompts.txt"], "cannot read --prompts-file"),
+    (["--heldout-every", "5", "--model", "owner/model"], "needs the bundled model"),
+    (["--heldout-every", "-1"], "--heldout-every = -1 is outside"),
 ])
 def test_train_nft_bad_input_is_one_line(flags, message, tmp_path, capsys):
     assert _exit_code(["train-nft", "--out", str(tmp_path / "x"), *flags]) == 2
@@ -377,7 +383,7 @@ def test_train_nft_unwritable_output_is_one_line(capsys):
 
 
 def test_positive_only_loss_depends_only_on_kept_samples():
-    from negguide.nft.trainer import positive_only_loss
+    from negguide.nft.loss import positive_only_loss
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 2, 3, 3, generator=g)
@@ -401,7 +407,7 @@ def test_positive_only_loss_depends_only_on_kept_samples():
 
 
 def test_positive_only_loss_keeps_the_kl_term():
-    from negguide.nft.trainer import positive_only_loss
+    from negguide.nft.loss import positive_only_loss
 
     x0 = torch.zeros(2, 1, 2, 2)
     pred = torch.ones(2, 1, 2, 2, requires_grad=True)

@@ -8,6 +8,9 @@ examples:
       --prompts-file prompts.txt --reward clip=./clip-vit-large --guidance-scale 4.5 --out runs/sd15-nft
   # the positive-only baseline (reward-filtered x0 regression, same rollouts); compare: python -m negguide.nft.shapeworld
   negguide train-nft --objective positive-only --out runs/positive-only --steps 200
+  # held-out two-object accuracy every 100 steps (OUT/heldout.json, OUT/heldout_curve.png); compare two such runs:
+  negguide train-nft --heldout-every 100 --steps 1000 --out runs/nft
+  python -m negguide.nft.shapeworld --report runs/nft runs/positive-only --out runs/compare
   # several rewards with weights (the reference lowers beta to 0.1 for multi-reward)
   negguide train-nft --reward shapeworld@1.0 --reward clip=./clip@0.1 --beta 0.1 --out runs/mix
 
@@ -72,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", choices=("nft", "positive-only"), default="nft",
                         help="nft (DiffusionNFT) | positive-only (baseline: x0 regression on the samples rewarded "
                              "above their prompt's mean, same rollouts and trainer; default nft)")
+    parser.add_argument("--heldout-every", type=ranged(int, 0, 10**6, "--heldout-every"), default=0,
+                        help="bundled model: judge held-out two-object prompts every N steps (and at 0 and the end) "
+                             "into OUT/heldout.json and OUT/heldout_curve.png (default 0: off)")
+    parser.add_argument("--heldout-prompts", type=ranged(int, 1, 200, "--heldout-prompts"), default=24,
+                        help="held-out two-object prompts for --heldout-every, 8 images each (default 24)")
     parser.add_argument("--no-eval-ema", action="store_true", help="do not keep the evaluation EMA (OUT/lora_ema)")
     parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
                         help="T5 tokens for SD3/Flux (the bundled model: 0)")
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.heldout_every and args.model is not None:
+        raise ValueError("--heldout-every judges ShapeWorld prompts: it needs the bundled model (drop --model)")
     prompts = _read_prompts(args)
     if prompts is None:
         if args.model is not None:
@@ -102,7 +112,7 @@ def main(argv=None) -> None:
                        **{f.name: getattr(args, f.name) for f in _ranged_fields()})
     if args.model is not None and not os.path.exists(args.model) and args.model.count("/") != 1:
         raise ValueError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
-    from .trainer import check_writable
+    from ..core.training_io import check_writable
 
     check_writable(args.out)  # before loading anything
     from ..reneg.cli import build_reward
@@ -121,8 +131,14 @@ def main(argv=None) -> None:
     from .trainer import NFTTrainer, TrainingDiverged
 
     trainer = NFTTrainer(pipe, reward, config, accuracy=accuracy)
+    monitor = None
+    if args.heldout_every:
+        from .shapeworld import HeldoutMonitor
+
+        monitor = HeldoutMonitor(args.out, args.heldout_every, n_prompts=args.heldout_prompts, label=args.objective,
+                                 log=lambda line: print(line, flush=True))
     try:
-        history = trainer.train()
+        history = trainer.train(callback=monitor)
     except TrainingDiverged as error:
         raise SystemExit(f"negguide train-nft: {error}") from None
     if trainer.accelerator.is_main_process and history:

@@ -211,3 +211,24 @@ def check_loss_inputs(r: torch.Tensor | None = None, **tensors) -> None:
             bad = r[~(torch.isfinite(r) & (r >= 0) & (r <= 1))][:5].tolist()
             raise ValueError(f"r must be optimality probabilities in [0, 1], got values {bad}; map rewards with "
                              "optimality_probability")
+
+
+def positive_only_loss(x0: torch.Tensor, x0_theta: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | None = None,
+                       kl_weight: float = 1e-4, eps: float = 1e-5):
+    """The positive-only (reward-filtered fine-tuning) baseline: the x0 regression of the samples with r > 0.5 (reward
+    above their prompt group's mean) toward their own x0, with NFT's adaptive weighting; the others weigh 0.
+
+        loss = mean_B(1[r > 0.5] * L(x0_theta)) + kl_weight * mean_B(kl)      L: adaptive_x0_loss
+
+    This is DiffusionNFT's positive term at beta = 1 (v+ = v_theta) with r replaced by the 0/1 filter and no negative
+    term. The mean is over the whole batch (dropped samples count as zeros), so micro-batches and processes add up
+    exactly as for nft_loss. Returns (loss, detached diagnostics) like nft_loss (old_deviation: 0, unused).
+    """
+    keep = (r.detach() > 0.5).to(x0_theta.dtype)  # [B]
+    fit = adaptive_x0_loss(x0_theta, x0.to(x0_theta.dtype), eps)  # [B]
+    policy = (keep * fit).mean()
+    kl_mean = kl.mean() if kl is not None else x0_theta.new_zeros(())
+    loss = policy + kl_weight * kl_mean
+    stats = {"policy": policy, "loss_plus": fit.mean(), "loss_minus": torch.zeros_like(policy), "kl": kl_mean,
+             "old_deviation": torch.zeros_like(policy), "kept": keep.mean()}
+    return loss, {k: v.detach() for k, v in stats.items()}

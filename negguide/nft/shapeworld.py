@@ -109,12 +109,13 @@ def steps_to_reach(curve: list, target: float) -> int | None:
     return None
 
 
-def compare_curves(base: float, curves: dict, steps: int) -> dict:
-    """NFT's best accuracy and when it got there; when the baseline reaches it (and a 90%-of-the-gain threshold)."""
+def compare_curves(base: float, curves: dict, steps: int | None = None) -> dict:
+    """NFT's best accuracy and when it got there; when the baseline reaches it (and a 90%-of-the-gain threshold).
+    ``steps``: the baseline's step budget (default: its last evaluated step)."""
     nft, baseline = curves["nft"], curves["positive-only"]
     best = max(a for _, a in nft)
     out = {"base": base, "nft_best": best, "nft_step_best": steps_to_reach(nft, best),
-           "baseline_best": max(a for _, a in baseline), "steps": steps}
+           "baseline_best": max(a for _, a in baseline), "steps": steps or max(s for s, _ in baseline)}
     out["baseline_step_best"] = steps_to_reach(baseline, best)
     target90 = base + 0.9 * (best - base)
     out["target90"] = target90
@@ -157,7 +158,8 @@ def markdown_table(base: float, curves: dict, summary: dict, images: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(base: float, curves: dict, path: str, images: int, title: str = "") -> str | None:
+def plot_curves(base: float, curves: dict, path: str, images: int, title: str = "", rollouts: int | None = None) -> str | None:
+    """Both held-out accuracy curves with their binomial s.e. bands and the base model as a line; PNG at ``path``."""
     try:
         import matplotlib
 
@@ -175,7 +177,7 @@ def plot_curves(base: float, curves: dict, path: str, images: int, title: str = 
             ax.plot(steps, acc, style, label=label, markersize=3)
             ax.fill_between(steps, acc - err, acc + err, alpha=0.15)
     ax.axhline(base, color="gray", linestyle=":", label=f"base model ({base:.3f})")
-    ax.set(xlabel="training step (16 rollouts each)", ylabel="held-out two-object accuracy (CFG 1)",
+    ax.set(xlabel=f"training step ({rollouts} rollouts each)" if rollouts else "training step", ylabel="held-out two-object accuracy (CFG 1)",
            title=title or "ShapeWorld: DiffusionNFT vs positive-only", ylim=(0, 1))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -184,75 +186,120 @@ def plot_curves(base: float, curves: dict, path: str, images: int, title: str = 
     return path
 
 
+class HeldoutMonitor:
+    """A ``NFTTrainer.train`` callback: the held-out two-object accuracy of the current LoRA at step 0, every
+    ``every`` steps and at the last step, kept in FOLDER/heldout.json (a resumed run keeps the points up to its
+    checkpoint and goes on) and plotted as FOLDER/heldout_curve.png. Evaluates on the main process only."""
+
+    def __init__(self, folder: str, every: int, prompts: list | None = None, n_prompts: int = 24, label: str = "nft",
+                 log=print, seeds=(1000, 1001), images_per_prompt: int = 4, steps: int = 10):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every = {every!r} must be a positive number of steps")
+        self.folder, self.every, self.label, self.log = folder, every, label, log
+        self.prompts = list(prompts) if prompts is not None else heldout_two_object_prompts(n_prompts)
+        self.eval = dict(seeds=tuple(int(s) for s in seeds), images_per_prompt=images_per_prompt, steps=steps)
+        self.images = len(self.prompts) * len(self.eval["seeds"]) * images_per_prompt
+        self.path = os.path.join(folder, "heldout.json")
+        self.curve: list = []
+        if os.path.isfile(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+            if saved.get("prompts") == self.prompts and saved.get("eval") == {**self.eval, "seeds": list(self.eval["seeds"])}:
+                self.curve = [tuple(point) for point in saved["curve"]]
+
+    def __call__(self, trainer) -> None:
+        step = trainer.step
+        self.curve = [(s, a) for s, a in self.curve if s <= step]  # points past a resumed checkpoint are redone
+        due = step == 0 or step % self.every == 0 or step == trainer.config.steps
+        if not due or (self.curve and self.curve[-1][0] == step) or not trainer.accelerator.is_main_process:
+            return
+        t0 = time.time()
+        accuracy = evaluate(trainer.pipe, self.prompts, **self.eval)  # the current adapter is the active one
+        self.curve.append((step, accuracy))
+        last = trainer.history[-1] if trainer.history else {}
+        self.log(f"{self.label} step {step}: held-out {accuracy:.3f} +- {standard_error(accuracy, self.images):.3f} "
+                 f"(train reward {last.get('reward', float('nan')):.3f}, eval {time.time() - t0:.0f} s)")
+        self.save()
+
+    def save(self) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        record = {"label": self.label, "prompts": self.prompts, "eval": {**self.eval, "seeds": list(self.eval["seeds"])},
+                  "images_per_point": self.images, "curve": self.curve}
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)
+        base = self.curve[0][1] if self.curve and self.curve[0][0] == 0 else float("nan")
+        plot_curves(base, {self.label: self.curve}, os.path.join(self.folder, "heldout_curve.png"), self.images,
+                    title=f"ShapeWorld held-out two-object prompts ({self.images} images/point)")
+
+
+def report(nft_folder: str, baseline_folder: str, out: str, rollouts: int | None = None, log=print) -> dict:
+    """Compare two runs' FOLDER/heldout.json (``negguide train-nft --heldout-every N``, one with
+    ``--objective positive-only``): OUT/curves.json, OUT/curves.png, OUT/table.md (also logged)."""
+    runs = {}
+    for name, folder in (("nft", nft_folder), ("positive-only", baseline_folder)):
+        path = os.path.join(folder, "heldout.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path!r} does not exist: train with negguide train-nft --heldout-every N --out {folder}")
+        with open(path) as f:
+            runs[name] = json.load(f)
+    if runs["nft"]["prompts"] != runs["positive-only"]["prompts"] or runs["nft"]["eval"] != runs["positive-only"]["eval"]:
+        raise ValueError("the two runs were evaluated on different held-out prompts or settings")
+    curves = {name: [tuple(p) for p in run["curve"]] for name, run in runs.items()}
+    if curves["nft"][0][0] != 0:
+        raise ValueError(f"{nft_folder}/heldout.json has no step-0 (base model) point")
+    base, images = curves["nft"][0][1], runs["nft"]["images_per_point"]
+    summary = compare_curves(base, curves)
+    table = markdown_table(base, curves, summary, images)
+    os.makedirs(out, exist_ok=True)
+    result = {"base": base, "images_per_point": images, "heldout_prompts": runs["nft"]["prompts"],
+              "eval": runs["nft"]["eval"], "runs": {"nft": nft_folder, "positive-only": baseline_folder},
+              "curves": curves, "summary": summary}
+    with open(os.path.join(out, "curves.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table)
+    plot_curves(base, curves, os.path.join(out, "curves.png"), images, rollouts=rollouts,
+                title=f"ShapeWorld held-out two-object prompts ({images} images/point)")
+    log(table)
+    return result
+
+
 def run_comparison(out: str, steps: int = 200, eval_every: int = 25, objectives=OBJECTIVES, n_prompts: int = 24,
                    seeds=(1000, 1001), images_per_prompt: int = 4, eval_steps: int = 10, train_prompts: int = 200,
                    seed: int = 0, log=print, **config) -> dict:
-    """Train each objective from the same seed with the same rollout budget through NFTTrainer; evaluate the current
-    LoRA (in memory) on the held-out prompts every ``eval_every`` steps. Writes OUT/curves.json, .png, table.md."""
+    """Train each objective from the same seed with the same rollout budget (what ``negguide train-nft
+    --heldout-every`` does) into OUT/<objective>, then :func:`report` them. Returns the report."""
     from ..rewards.shapeworld import ShapeWorldReward
     from ..shapes.bench import load_bench_pipeline
     from .cli import shapeworld_accuracy
     from .trainer import NFTConfig, NFTTrainer
 
-    os.makedirs(out, exist_ok=True)
     heldout = heldout_two_object_prompts(n_prompts)
     train = training_prompts(train_prompts)
     overlap = set(heldout) & set(train)
     if overlap:
         raise RuntimeError(f"held-out prompts in training: {sorted(overlap)[:3]}")
-    images = len(heldout) * len(seeds) * images_per_prompt
-    ev = dict(seeds=seeds, images_per_prompt=images_per_prompt, steps=eval_steps)
-    path = os.path.join(out, "curves.json")
-    result = {"heldout_prompts": heldout, "images_per_point": images, "eval": {**ev, "guidance_scale": 1.0},
-              "train": {"steps": steps, "eval_every": eval_every, "seed": seed, "prompts": len(train), **config},
-              "curves": {}, "train_history": {}, "timings": {}}
-    base = None
+    rollouts = None
     for objective in objectives:
-        pipe = load_bench_pipeline()
-        if base is None:
-            t0 = time.time()
-            base = evaluate(pipe, heldout, **ev)
-            result["base"], result["timings"]["eval_s"] = base, time.time() - t0
-            log(f"base accuracy {base:.3f} ({images} images, {result['timings']['eval_s']:.1f} s)")
-        trainer = NFTTrainer(pipe, ShapeWorldReward.from_pretrained(), NFTConfig(
-            prompts=train, steps=steps, seed=seed, objective=objective, max_sequence_length=0,
-            output_dir=os.path.join(out, objective), checkpoint_every=10**6, **config), accuracy=shapeworld_accuracy)
-        curve = [(0, base)]
-        t0, t_eval = time.time(), 0.0
-        while trainer.step < steps:
-            entry = trainer.train_step()
-            if trainer.step % eval_every == 0 or trainer.step == steps:
-                t1 = time.time()
-                accuracy = evaluate(trainer.pipe, heldout, **ev)  # the current adapter is active outside policies.use
-                t_eval += time.time() - t1
-                curve.append((trainer.step, accuracy))
-                log(f"{objective} step {trainer.step}: held-out {accuracy:.3f} (train reward {entry['reward']:.3f}, "
-                    f"train acc {entry.get('accuracy', float('nan')):.3f}, {time.time() - t0:.0f} s)")
-                result["curves"][objective] = curve
-                result["train_history"][objective] = trainer.history
-                result["timings"][objective] = {"wall_s": time.time() - t0, "eval_s": t_eval, "steps": trainer.step}
-                with open(path, "w") as f:
-                    json.dump(result, f, indent=1)
-        trainer.save_outputs(trainer.config.output_dir)
-        del trainer, pipe
-    if all(o in result["curves"] for o in OBJECTIVES):
-        summary = compare_curves(base, result["curves"], steps)
-        result["summary"] = summary
-        table = markdown_table(base, result["curves"], summary, images)
-        with open(os.path.join(out, "table.md"), "w") as f:
-            f.write(table)
-        log(table)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    plot_curves(base, result["curves"], os.path.join(out, "curves.png"), images,
-                title=f"ShapeWorld held-out two-object prompts ({images} images/point)")
-    return result
+        folder = os.path.join(out, objective)
+        trainer = NFTTrainer(load_bench_pipeline(), ShapeWorldReward.from_pretrained(), NFTConfig(
+            prompts=train, steps=steps, seed=seed, objective=objective, max_sequence_length=0, output_dir=folder,
+            **config), accuracy=shapeworld_accuracy)
+        rollouts = trainer.config.batch_size
+        monitor = HeldoutMonitor(folder, eval_every, heldout, label=objective, log=log, seeds=seeds,
+                                 images_per_prompt=images_per_prompt, steps=eval_steps)
+        trainer.train(progress=False, callback=monitor)
+        del trainer
+    return report(os.path.join(out, "nft"), os.path.join(out, "positive-only"), out, rollouts=rollouts, log=log)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/nft_shapeworld")
+    parser.add_argument("--report", nargs=2, metavar=("NFT_RUN", "BASELINE_RUN"), default=None,
+                        help="only compare two train-nft --heldout-every runs' heldout.json into OUT")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
@@ -268,6 +315,9 @@ def main(argv=None) -> None:
     parser.add_argument("--lora", default=None, help="with --eval-only: a LoRA folder to evaluate")
     args = parser.parse_args(argv)
     ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps)
+    if args.report:
+        report(*args.report, args.out)
+        return
     if args.eval_only:
         from ..shapes.bench import load_bench_pipeline
 

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from ..core.accelerate_setup import make_accelerator
+from ..core.training_io import check_writable, save_curve
 from .advantages import group_stats, optimality_probability
 from .ema import ema_update_, eval_ema_decay, old_policy_decay
-from .loss import (adaptive_x0_loss, kl_penalty, native_kl_scale, nft_loss, nft_loss_x0, x0_from_flow,
+from .loss import (kl_penalty, native_kl_scale, nft_loss, nft_loss_x0, positive_only_loss, x0_from_flow,
                    x0_from_prediction)
 from .policies import (CURRENT, DEFAULT_TARGETS, OLD, REFERENCE, NFTPolicies, load_training_state,
                        save_training_state)
@@ -371,17 +372,23 @@ class NFTTrainer:
         return entry
 
     # ------------------------------------------------------------------ the run
-    def train(self, progress: bool = True) -> list:
-        """Train to ``config.steps`` (resuming where the checkpoint left off); returns the history."""
+    def train(self, progress: bool = True, callback=None) -> list:
+        """Train to ``config.steps`` (resuming where the checkpoint left off); returns the history. ``callback``:
+        called as ``callback(trainer)`` on every process before the first step and after each step (an evaluation,
+        e.g. negguide.nft.shapeworld.HeldoutMonitor); the checkpoint of a step is saved after its callback."""
         from tqdm.auto import tqdm
 
         c = self.config
         bar = tqdm(total=c.steps, initial=self.step, desc="DiffusionNFT",
                    disable=not (progress and self.accelerator.is_main_process))
+        if callback is not None:
+            callback(self)
         while self.step < c.steps:
             entry = self.train_step()
             bar.update(1)
             bar.set_postfix(reward=f"{entry['reward']:.3f}", loss=f"{entry['loss']:.3g}")
+            if callback is not None:
+                callback(self)
             if c.output_dir and (self.step % c.checkpoint_every == 0 or self.step == c.steps):
                 self.save_checkpoint(os.path.join(c.output_dir, CHECKPOINT))
         bar.close()
@@ -396,9 +403,9 @@ class NFTTrainer:
             self.policies.export(os.path.join(folder, "lora"), self.family)
             if self.ema is not None:
                 self.policies.export(os.path.join(folder, "lora_ema"), self.family, self.ema)
-            save_curve(self.history, "reward", os.path.join(folder, "reward_curve.png"))
+            save_curve(self.history, "reward", os.path.join(folder, "reward_curve.png"), "DiffusionNFT")
             if any("accuracy" in h for h in self.history):
-                save_curve(self.history, "accuracy", os.path.join(folder, "accuracy_curve.png"))
+                save_curve(self.history, "accuracy", os.path.join(folder, "accuracy_curve.png"), "DiffusionNFT")
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ checkpoints
@@ -417,58 +424,3 @@ class NFTTrainer:
             raise ValueError(f"the checkpoint in {folder!r} trained a {meta.get('family')} model, this is {self.family}")
         self.ema = ema if self.ema is not None and ema is not None else self.ema
         self.step, self.history = meta["step"], meta["history"]
-
-
-def positive_only_loss(x0: torch.Tensor, x0_theta: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | None = None,
-                       kl_weight: float = 1e-4, eps: float = 1e-5):
-    """The positive-only (reward-filtered fine-tuning) baseline: the x0 regression of the samples with r > 0.5 (reward
-    above their prompt group's mean) toward their own x0, with NFT's adaptive weighting; the others weigh 0.
-
-        loss = mean_B(1[r > 0.5] * L(x0_theta)) + kl_weight * mean_B(kl)      L: adaptive_x0_loss
-
-    This is DiffusionNFT's positive term at beta = 1 (v+ = v_theta) with r replaced by the 0/1 filter and no negative
-    term. The mean is over the whole batch (dropped samples count as zeros), so micro-batches and processes add up
-    exactly as for nft_loss. Returns (loss, detached diagnostics) like nft_loss (old_deviation: 0, unused).
-    """
-    keep = (r.detach() > 0.5).to(x0_theta.dtype)  # [B]
-    fit = adaptive_x0_loss(x0_theta, x0.to(x0_theta.dtype), eps)  # [B]
-    policy = (keep * fit).mean()
-    kl_mean = kl.mean() if kl is not None else x0_theta.new_zeros(())
-    loss = policy + kl_weight * kl_mean
-    stats = {"policy": policy, "loss_plus": fit.mean(), "loss_minus": torch.zeros_like(policy), "kl": kl_mean,
-             "old_deviation": torch.zeros_like(policy), "kept": keep.mean()}
-    return loss, {k: v.detach() for k, v in stats.items()}
-
-
-def check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"output folder {folder!r} is not writable ({error.strerror}); choose another") from None
-
-
-def save_curve(history: list, key: str, path: str) -> str | None:
-    """A PNG of ``key`` per step and its running mean; None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    steps, values = [h["step"] for h in history if key in h], [h[key] for h in history if key in h]
-    window = max(1, len(values) // 20)
-    smooth = [sum(values[max(0, i - window + 1): i + 1]) / min(i + 1, window) for i in range(len(values))]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, values, alpha=0.35, label=f"{key} (step mean)")
-    ax.plot(steps, smooth, label=f"running mean ({window})")
-    ax.set(xlabel="step", ylabel=key, title="DiffusionNFT training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

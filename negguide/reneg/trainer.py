@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..core.accelerate_setup import make_accelerator
+from ..core.training_io import check_writable, save_curve
 from ..core.families import get_adapter
 from .embedding import NegativeEmbedding, null_embedding
 from .step import decode, default_size, guided_prediction, predict_x0, sample_to_step
@@ -111,7 +112,7 @@ class ReNegTrainer:
             raise ValueError(f"batch_size = {config.batch_size} does not split into {self.accelerator.num_processes} "
                              f"processes x {config.gradient_accumulation_steps} micro-batches: use a multiple of {world}")
         if config.output_dir is not None:
-            _check_writable(config.output_dir)
+            check_writable(config.output_dir)
         self.pipe.to(self.accelerator.device)
         self.pipe.set_progress_bar_config(disable=True)
         for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer"):
@@ -210,7 +211,7 @@ class ReNegTrainer:
         embedding = self.embedding()
         if c.output_dir and self.accelerator.is_main_process:
             embedding.save(os.path.join(c.output_dir, "negative_embedding.safetensors"))
-            save_reward_curve(self.history, os.path.join(c.output_dir, "reward_curve.png"))
+            save_curve(self.history, "reward", os.path.join(c.output_dir, "reward_curve.png"), "ReNeg training")
         return embedding
 
     def embedding(self) -> NegativeEmbedding:
@@ -298,45 +299,8 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
     return best
 
 
-def _check_writable(folder: str) -> None:
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise ValueError(f"output folder {folder!r} is not writable ({error.strerror}); choose another") from None
-
-
 def _sequence_tokens(pipe, max_sequence_length: int) -> int:
     """The prompt_embeds length a pipeline call with this max_sequence_length produces (SD3: CLIP tokens + T5)."""
     if pipe.family == "sd3":
         return max_sequence_length + pipe.family_pipeline().tokenizer_max_length
     return max_sequence_length
-
-
-def save_reward_curve(history: list, path: str) -> str | None:
-    """A PNG of the reward per step (and its running mean); None when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    steps = [h["step"] for h in history]
-    values = [h["reward"] for h in history]
-    window = max(1, len(values) // 20)
-    smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, values, alpha=0.35, label="reward (batch mean)")
-    ax.plot(steps, smooth, label=f"running mean ({window})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.set_title("ReNeg training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

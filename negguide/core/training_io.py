@@ -1,0 +1,44 @@
+"""Small file helpers the trainers share: an early writability check and per-step curves saved as PNG."""
+
+from __future__ import annotations
+
+import os
+
+
+def check_writable(folder: str) -> None:
+    """Create ``folder`` and write a probe file in it; a ValueError naming the folder if that fails."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"output folder {folder!r} is not writable ({error.strerror}); choose another") from None
+
+
+def running_mean(values: list, window: int) -> list:
+    """The mean of each value and up to ``window - 1`` values before it."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / min(i + 1, window) for i in range(len(values))]
+
+
+def save_curve(history: list, key: str, path: str, title: str = "training") -> str | None:
+    """A PNG of ``history[i][key]`` per step with its running mean; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps, values = [h["step"] for h in history if key in h], [h[key] for h in history if key in h]
+    window = max(1, len(values) // 20)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, values, alpha=0.35, label=f"{key} (step mean)")
+    ax.plot(steps, running_mean(values, window), label=f"running mean ({window})")
+    ax.set(xlabel="step", ylabel=key, title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
