@@ -363,7 +363,7 @@ def _exit_code(argv: list) -> int:
     (["--lr", "fast"], "--lr must be a number"),
     (["--reward", "aesthetic"], "unknown reward 'aesthetic'"),
     (["--prompts-file", "/nonexistent/prompts.txt"], "cannot read --prompts-file"),
-    (["--heldout-every", "5", "--model", "owner/model"], "needs the bundled model"),
+    (["--heldout-every", "5", "--model", "owner/model"], "needs a ShapeWorld model"),
     (["--heldout-every", "-1"], "--heldout-every = -1 is outside"),
 ])
 def test_train_nft_bad_input_is_one_line(flags, message, tmp_path, capsys):

@@ -38,6 +38,11 @@ def shapeworld_accuracy(images, prompts):
     return torch.as_tensor(prompt_correct(images, list(prompts)), dtype=torch.float32)
 
 
+def is_shapeworld_model(model: str | None) -> bool:
+    """The bundled model (None) or a folder trained by negguide.shapes.train_model (it has shapeworld_training.json)."""
+    return model is None or os.path.isfile(os.path.join(model, "shapeworld_training.json"))
+
+
 def _ranged_fields() -> list:
     return [f for f in fields(NFTConfig) if "min" in f.metadata]
 
@@ -95,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.heldout_every and args.model is not None:
-        raise ValueError("--heldout-every judges ShapeWorld prompts: it needs the bundled model (drop --model)")
+    shapeworld = is_shapeworld_model(args.model)
+    if args.heldout_every and not shapeworld:
+        raise ValueError("--heldout-every judges ShapeWorld prompts: it needs a ShapeWorld model (the bundled one, "
+                         "or a folder with shapeworld_training.json such as assets/shapeworld/sd)")
     prompts = _read_prompts(args)
     if prompts is None:
-        if args.model is not None:
+        if not shapeworld:
             raise ValueError("give --prompts or --prompts-file for your own model")
         from ..reneg.shapeworld import shapeworld_prompts
 
@@ -118,7 +125,7 @@ def main(argv=None) -> None:
     from ..reneg.cli import build_reward
 
     reward = build_reward(args.reward)
-    use_accuracy = args.accuracy == "shapeworld" or (args.accuracy == "auto" and args.model is None)
+    use_accuracy = args.accuracy == "shapeworld" or (args.accuracy == "auto" and shapeworld)
     accuracy = shapeworld_accuracy if use_accuracy else None
     if args.model is None:
         from ..shapes.bench import load_bench_pipeline

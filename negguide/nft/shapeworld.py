@@ -17,6 +17,7 @@ OUT/table.md (also printed).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -71,13 +72,14 @@ def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4
     from ..shapes.judge import prompt_correct
 
     inner = _inner(pipe)
+    extra = {"max_sequence_length": 0} if "max_sequence_length" in inspect.signature(inner.__call__).parameters else {}
     hits = []
     for seed in seeds:
         generators = [torch.Generator().manual_seed(int(seed) * 100_003 + i * 97 + j)
                       for i in range(len(prompts)) for j in range(images_per_prompt)]
         images = inner(prompt=list(prompts), num_images_per_prompt=images_per_prompt, num_inference_steps=steps,
                        guidance_scale=guidance_scale, generator=generators, output_type="pt",
-                       max_sequence_length=0).images  # [P * k, 3, H, W] in [0, 1], prompt-major
+                       **extra).images  # [P * k, 3, H, W] in [0, 1], prompt-major
         expanded = [p for p in prompts for _ in range(images_per_prompt)]
         hits.extend(prompt_correct(images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy(), expanded).tolist())
     accuracy = float(np.mean(hits))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -137,3 +138,51 @@ def build_pipeline(sizes: ModelSizes = ModelSizes(), seed: int = 0):
 def sizes_to_dict(sizes: ModelSizes) -> dict:
     """JSON-ready form of ``sizes`` (for checkpoints)."""
     return asdict(sizes)
+
+
+def build_unet(sizes: ModelSizes, channels: tuple[int, ...] = (32, 64, 64)):
+    """A small UNet2DConditionModel over the VAE latents (SD layout): convolutions at full latent resolution,
+    self- and cross-attention to the CLIP hidden states at the two lower ones (8x8, 4x4 for 64 px images)."""
+    from diffusers import UNet2DConditionModel
+
+    latent = sizes.image_size // 2 ** (len(sizes.vae_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=latent,
+        in_channels=sizes.latent_channels,
+        out_channels=sizes.latent_channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        cross_attention_dim=sizes.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def build_sd_scheduler(prediction_type: str = "epsilon"):
+    """DDIM over SD's scaled-linear betas, with the given prediction type (epsilon or v_prediction)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1, timestep_spacing="trailing")
+
+
+def build_sd_pipeline(sd3_folder: str, prediction_type: str = "epsilon", seed: int = 0):
+    """A StableDiffusionPipeline for ShapeWorld: the bundled SD3-layout model's VAE (no shift: SD pipelines do
+    not shift latents), tokenizer and first CLIP text encoder (its hidden states; frozen), and a fresh UNet."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_pretrained(os.path.join(sd3_folder, "vae"))
+    vae.register_to_config(shift_factor=0.0)
+    text_encoder = CLIPTextModel.from_pretrained(os.path.join(sd3_folder, "text_encoder"))
+    sizes = ModelSizes(text_hidden=text_encoder.config.hidden_size, latent_channels=vae.config.latent_channels,
+                       vae_channels=tuple(vae.config.block_out_channels), image_size=vae.config.sample_size)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(os.path.join(sd3_folder, "tokenizer")),
+        unet=build_unet(sizes), scheduler=build_sd_scheduler(prediction_type), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )

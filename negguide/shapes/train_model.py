@@ -1,6 +1,8 @@
 """Train the bundled ShapeWorld SD3-style model from scratch (CPU or GPU), resumable, and export it.
 
     python -m negguide.shapes.train_model --out assets/shapeworld/sd3 --ckpt /tmp/shapeworld_run --max-minutes 90
+    # the SD-format (UNet, epsilon prediction) model, sharing sd3/'s VAE and text encoder
+    python -m negguide.shapes.train_model --family sd --out assets/shapeworld/sd --ckpt /tmp/shapeworld_sd
 
 Stage 1 trains the tiny VAE until the judge reads its reconstructions back (or ``--vae-minutes`` run out) and
 sets its scaling/shift factors from the latent statistics. Stage 2 trains the transformer and both CLIP text
@@ -27,7 +29,7 @@ from .components import ModelSizes, build_pipeline
 from .judge import detect_objects
 from .world import render, sample_caption, sample_scene
 
-STAGE_IDS = {"vae": 1, "dit": 2}
+STAGE_IDS = {"vae": 1, "dit": 2, "unet": 3}
 STOP = False  # set by SIGTERM/SIGINT: the loops save a checkpoint and return
 
 
@@ -153,7 +155,7 @@ def train_dit(pipe, args, state, deadline) -> None:
     vae = pipe.vae.requires_grad_(False)
     shift, scale = state["vae_shift"], state["vae_scale"]
     t_ckpt, t_eval, t_win, losses = time.time(), time.time(), time.time(), []
-    while time.time() < deadline and not STOP:
+    while time.time() < deadline and not STOP and not (args.max_steps and state["step"] >= args.max_steps):
         step = state["step"]
         images, captions, _, rng = batch_for_step(args.seed, "dit", step, args.batch, args.size)
         images = images.to(args.device)
@@ -250,7 +252,25 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (batches and noise are drawn on the CPU: same run on either, up to float noise)")
     p.add_argument("--export-only", action="store_true")
+    p.add_argument("--max-steps", type=int, default=0, help="stop the model stage at this step (default 0: no limit)")
+    p.add_argument("--family", choices=("sd3", "sd"), default="sd3",
+                   help="sd3: the SD3-layout flow model (VAE, text encoders, transformer); sd: an SD-format UNet model "
+                        "(epsilon or v prediction) sharing --base's VAE and text encoder (default sd3)")
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon", help="with --family sd")
+    p.add_argument("--base", default="assets/shapeworld/sd3", help="with --family sd: the SD3-layout model folder")
     args = p.parse_args(argv)
+    if args.family == "sd":
+        from .train_unet import export_sd, train_unet
+
+        if args.export_only:
+            return export_sd(args.ckpt, args.out, log)
+        torch.set_num_threads(args.threads)
+        signal.signal(signal.SIGTERM, _request_stop)
+        signal.signal(signal.SIGINT, _request_stop)
+        train_unet(args, batch_for_step, log, lambda: STOP)
+        if not STOP:
+            export_sd(args.ckpt, args.out, log)
+        return
     if args.export_only:
         return export(args.ckpt, args.out)
     torch.set_num_threads(args.threads)
