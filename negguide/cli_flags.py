@@ -19,3 +19,41 @@ def ranged(kind: type, low, high, flag: str):
         return value
 
     return parse
+
+
+def add_training_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The model, output and prompt flags the training subcommands share."""
+    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--prompts", nargs="+", default=None, help="training prompts")
+    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
+                        help="without prompts, on a ShapeWorld model: this many ShapeWorld training captions "
+                             "(default 200)")
+
+
+def is_shapeworld_model(model: str | None) -> bool:
+    """The bundled model (None) or a folder trained by negguide.shapes.train_model (it has shapeworld_training.json)."""
+    import os
+
+    return model is None or os.path.isfile(os.path.join(model, "shapeworld_training.json"))
+
+
+def read_training_prompts(args) -> list:
+    """--prompts, or the lines of --prompts-file, or (on a ShapeWorld model) --shapeworld-prompts training captions."""
+    prompts = args.prompts
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file) as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except OSError as error:
+            raise ValueError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
+        if not prompts:
+            raise ValueError(f"--prompts-file {args.prompts_file!r} holds no prompts")
+    if prompts is None:
+        if not is_shapeworld_model(args.model):
+            raise ValueError("give --prompts or --prompts-file for your own model")
+        from .reneg.shapeworld import shapeworld_prompts
+
+        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+    return prompts

@@ -21,7 +21,7 @@ from .loss import (PREDICTION_TYPES, adaptive_x0_loss, check_loss_inputs, implic
                    native_kl_scale, nft_loss, nft_loss_x0, per_sample_mean, x0_from_flow, x0_from_prediction)
 
 _LAZY = {
-    "NFTConfig": ".trainer",
+    "NFTConfig": ".config",
     "NFTTrainer": ".trainer",
     "TrainingDiverged": ".trainer",
     "NFTPolicies": ".policies",

@@ -25,8 +25,8 @@ import argparse
 import os
 from dataclasses import fields
 
-from ..cli_flags import ranged
-from .trainer import NFTConfig
+from ..cli_flags import add_training_inputs, is_shapeworld_model, ranged, read_training_prompts
+from .config import NFTConfig
 
 
 def shapeworld_accuracy(images, prompts):
@@ -38,38 +38,15 @@ def shapeworld_accuracy(images, prompts):
     return torch.as_tensor(prompt_correct(images, list(prompts)), dtype=torch.float32)
 
 
-def is_shapeworld_model(model: str | None) -> bool:
-    """The bundled model (None) or a folder trained by negguide.shapes.train_model (it has shapeworld_training.json)."""
-    return model is None or os.path.isfile(os.path.join(model, "shapeworld_training.json"))
-
-
 def _ranged_fields() -> list:
     return [f for f in fields(NFTConfig) if "min" in f.metadata]
-
-
-def _read_prompts(args) -> list | None:
-    if not args.prompts_file:
-        return args.prompts
-    try:
-        with open(args.prompts_file) as f:
-            prompts = [line.strip() for line in f if line.strip()]
-    except OSError as error:
-        raise ValueError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
-    if not prompts:
-        raise ValueError(f"--prompts-file {args.prompts_file!r} holds no prompts")
-    return prompts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="negguide train-nft", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
-    parser.add_argument("--out", required=True, help="output folder (checkpoint, LoRA, curves)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="training prompts")
-    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
-                        help="without prompts: this many ShapeWorld training captions (default 200)")
+    add_training_inputs(parser, "output folder (checkpoint, LoRA, curves)")
     parser.add_argument("--reward", action="append", help="shapeworld | shapeworld-log | clip=PATH | pickscore=PATH, "
                         "optional @WEIGHT (repeatable; default shapeworld)")
     parser.add_argument("--accuracy", choices=("auto", "shapeworld", "none"), default="auto",
@@ -104,13 +81,7 @@ def main(argv=None) -> None:
     if args.heldout_every and not shapeworld:
         raise ValueError("--heldout-every judges ShapeWorld prompts: it needs a ShapeWorld model (the bundled one, "
                          "or a folder with shapeworld_training.json such as assets/shapeworld/sd)")
-    prompts = _read_prompts(args)
-    if prompts is None:
-        if not shapeworld:
-            raise ValueError("give --prompts or --prompts-file for your own model")
-        from ..reneg.shapeworld import shapeworld_prompts
-
-        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+    prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     config = NFTConfig(prompts=prompts, lora_targets=args.lora_targets, mixed_precision=args.mixed_precision,
                        objective=args.objective,

@@ -20,7 +20,7 @@ import argparse
 import os
 from dataclasses import fields
 
-from ..cli_flags import ranged
+from ..cli_flags import add_training_inputs, ranged, read_training_prompts
 from .trainer import ReNegConfig
 
 FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "guidance_scale", "num_inference_steps",
@@ -62,12 +62,7 @@ def build_reward(specs: list):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="negguide train-reneg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
-    parser.add_argument("--out", required=True, help="output folder (checkpoints, embedding, reward curve)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="training prompts")
-    parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
-                        help="without prompts: this many ShapeWorld training captions (default 200)")
+    add_training_inputs(parser, "output folder (checkpoints, embedding, reward curve)")
     parser.add_argument("--reward", action="append", help="shapeworld (judged probability) | shapeworld-log (its log) | clip=PATH | pickscore=PATH, "
                         "optional @WEIGHT (repeatable)")
     parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
@@ -85,21 +80,7 @@ def main(argv=None) -> None:
                             default=default, help=f"{meta.get('help', '')} (default {default})")
     args = parser.parse_args(argv)
 
-    prompts = args.prompts
-    if args.prompts_file:
-        try:
-            with open(args.prompts_file) as f:
-                prompts = [line.strip() for line in f if line.strip()]
-        except OSError as error:
-            raise ValueError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
-        if not prompts:
-            raise ValueError(f"--prompts-file {args.prompts_file!r} holds no prompts")
-    if prompts is None:
-        if args.model is not None:
-            raise ValueError("give --prompts or --prompts-file for your own model")
-        from .shapeworld import shapeworld_prompts
-
-        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+    prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     pipeline_kwargs = {} if sequence is None else {"max_sequence_length": sequence}
     config = ReNegConfig(prompts=prompts, init_text=args.init_text, height=args.height, width=args.width,
