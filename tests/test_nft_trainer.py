@@ -164,8 +164,8 @@ def test_forward_process_noising(family):
     levels drawn in [timestep_min, timestep_max], eps ~ N(0, 1), both fixed by (seed, step, index)."""
     t = trainer(family, timestep_min=0.5, timestep_max=0.6)
     x0 = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    x_a, level, timestep = t._noised(x0, 3, list(range(8)), 0)
-    x_0, level_0, _ = t._noised(torch.zeros_like(x0), 3, list(range(8)), 0)
+    x_a, level, timestep, eps_a = t._noised(x0, 3, list(range(8)), 0)
+    x_0, level_0, _, _ = t._noised(torch.zeros_like(x0), 3, list(range(8)), 0)
     torch.testing.assert_close(level, level_0)
     if family == "sd":
         assert timestep.dtype == torch.int64 and bool(((timestep >= 500) & (timestep < 600)).all())
@@ -176,6 +176,7 @@ def test_forward_process_noising(family):
         signal, noise = 1 - timestep / 1000, timestep / 1000
     torch.testing.assert_close(x_a - x_0, signal.view(-1, 1, 1, 1) * x0, rtol=1e-5, atol=1e-5)
     eps = x_0 / noise.view(-1, 1, 1, 1)
+    torch.testing.assert_close(eps, eps_a, rtol=1e-4, atol=1e-4)  # the returned noise is the one used
     assert abs(float(eps.std()) - 1) < 0.05 and abs(float(eps.mean())) < 0.05
     assert len({round(float(v), 6) for v in timestep.float()}) == 8  # every sample its own level
 
@@ -329,41 +330,38 @@ def test_non_finite_loss_stops_without_writing_a_checkpoint(tmp_path):
 def test_positive_only_loss_depends_only_on_kept_samples():
     from negguide.nft.loss import positive_only_loss
 
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4, 2, 3, 3, generator=g)
-    pred = torch.randn(4, 2, 3, 3, generator=g).requires_grad_(True)
+    fit = torch.tensor([0.3, 0.7, 1.1, 0.2], requires_grad=True)
     r = torch.tensor([0.9, 0.5, 0.2, 0.6])  # kept: 0 and 3 (r > 0.5); r = 0.5 (tied with the mean) is dropped
-    loss, stats = positive_only_loss(x0, pred, r, kl=None, kl_weight=0.0)
+    loss, stats = positive_only_loss(fit, r, kl=None, kl_weight=0.0)
     loss.backward()
-    grad = pred.grad
-    assert grad[0].abs().sum() > 0 and grad[3].abs().sum() > 0
-    assert torch.equal(grad[1], torch.zeros_like(grad[1])) and torch.equal(grad[2], torch.zeros_like(grad[2]))
+    torch.testing.assert_close(fit.grad, torch.tensor([0.25, 0.0, 0.0, 0.25]))  # mean over the whole batch
+    torch.testing.assert_close(loss, torch.tensor((0.3 + 0.2) / 4))
     assert float(stats["kept"]) == 0.5
-    # changing the dropped samples' targets changes nothing
-    x0b = x0.clone()
-    x0b[1:3] += 5.0
-    torch.testing.assert_close(positive_only_loss(x0b, pred, r, kl=None, kl_weight=0.0)[0], loss)
-    # it equals NFT's positive term at beta = 1 (r = 1 on the kept samples), averaged over the whole batch
-    from negguide.nft.loss import adaptive_x0_loss
-
-    expected = adaptive_x0_loss(pred, x0)[[0, 3]].sum() / 4
-    torch.testing.assert_close(loss, expected)
+    kl = torch.tensor([1.0, 3.0, 0.0, 0.0])
+    torch.testing.assert_close(positive_only_loss(fit, torch.zeros(4), kl=kl, kl_weight=0.1)[0], torch.tensor(0.1))
 
 
-def test_positive_only_loss_keeps_the_kl_term():
-    from negguide.nft.loss import positive_only_loss
+def test_native_targets_are_what_each_parameterisation_regresses():
+    from negguide.nft.loss import native_target, x0_from_flow, x0_from_prediction
 
-    x0 = torch.zeros(2, 1, 2, 2)
-    pred = torch.ones(2, 1, 2, 2, requires_grad=True)
-    r = torch.tensor([0.1, 0.2])  # nothing kept: only the KL pulls
-    kl = ((pred - 0.5) ** 2).flatten(1).mean(1)
-    loss, _ = positive_only_loss(x0, pred, r, kl=kl, kl_weight=0.1)
-    torch.testing.assert_close(loss, torch.tensor(0.1 * 0.25))
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    sigma, ab = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.9, 0.5, 0.05])
+    x_flow = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    x_ddpm = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * eps
+    # a perfect prediction of the target gives back x0 exactly
+    torch.testing.assert_close(x0_from_flow(native_target(x0, eps, sigma, "flow"), x_flow, sigma), x0)
+    for kind in ("epsilon", "v_prediction"):
+        target = native_target(x0, eps, ab, kind)
+        torch.testing.assert_close(x0_from_prediction(target, x_ddpm, ab, kind), x0, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sample"):
+        native_target(x0, eps, ab, "sample")
 
 
 @pytest.mark.parametrize("family", FLOW_AND_EPS)
-def test_positive_only_objective_trains_only_on_samples_above_their_prompt_mean(family):
-    t = trainer(family, objective="positive-only", kl_weight=0.0)
+@pytest.mark.parametrize("objective", ["positive-only", "positive-only-x0"])
+def test_positive_only_objective_trains_only_on_samples_above_their_prompt_mean(family, objective):
+    t = trainer(family, objective=objective, kl_weight=0.0)
     batch = t.collect(0)
     t.backward(batch, 0)
     assert flat_grad(t).abs().sum() > 0

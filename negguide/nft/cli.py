@@ -6,7 +6,7 @@ examples:
   # your SD checkpoint, prompts from a file, CLIP score, CFG 4.5 rollouts, two processes (GPUs, or gloo on a CPU)
   accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-nft --model ./sd15 \\
       --prompts-file prompts.txt --reward clip=./clip-vit-large --guidance-scale 4.5 --out runs/sd15-nft
-  # the positive-only baseline (reward-filtered x0 regression, same rollouts); compare: python -m negguide.nft.shapeworld
+  # the positive-only baseline (the model's own loss on the reward-filtered samples, same rollouts); compare: python -m negguide.nft.shapeworld
   negguide train-nft --objective positive-only --out runs/positive-only --steps 200
   # held-out two-object accuracy every 100 steps (OUT/heldout.json, OUT/heldout_curve.png); compare two such runs:
   negguide train-nft --heldout-every 100 --steps 1000 --out runs/nft
@@ -26,7 +26,7 @@ import os
 from dataclasses import fields
 
 from ..cli_flags import add_training_inputs, is_shapeworld_model, ranged, read_training_prompts
-from .config import NFTConfig
+from .config import OBJECTIVES, NFTConfig
 
 
 def shapeworld_accuracy(images, prompts):
@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-targets", default=NFTConfig.lora_targets, help="modules to adapt, comma-separated "
                         f"(default {NFTConfig.lora_targets})")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument("--objective", choices=("nft", "positive-only"), default="nft",
-                        help="nft (DiffusionNFT) | positive-only (baseline: x0 regression on the samples rewarded "
-                             "above their prompt's mean, same rollouts and trainer; default nft)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="nft",
+                        help="nft (DiffusionNFT) | positive-only (baseline: the model's training loss on the samples "
+                             "rewarded above their prompt's mean, same rollouts and trainer) | positive-only-x0 (the "
+                             "same with NFT's adaptive x0 loss) (default nft)")
     parser.add_argument("--heldout-every", type=ranged(int, 0, 10**6, "--heldout-every"), default=0,
                         help="bundled model: judge held-out two-object prompts every N steps (and at 0 and the end) "
                              "into OUT/heldout.json and OUT/heldout_curve.png (default 0: off)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from .policies import DEFAULT_TARGETS
 
 PRECISIONS = ("no", "fp16", "bf16")
-OBJECTIVES = ("nft", "positive-only")
+OBJECTIVES = ("nft", "positive-only", "positive-only-x0")
 
 
 
@@ -55,9 +55,10 @@ class NFTConfig:
     max_sequence_length: int | None = field(default=None, metadata={"help": "T5 tokens (SD3 / Flux)"})
     output_dir: str | None = field(default=None, metadata={"help": "checkpoint, LoRA, curves"})
     pipeline_kwargs: dict = field(default_factory=dict, metadata={"help": "more rollout pipeline arguments"})
-    objective: str = field(default="nft", metadata={"help": "nft | positive-only (baseline: x0 regression on the "
-                                                     "samples rewarded above their prompt's mean, r > 0.5)",
-                                                     "choices": OBJECTIVES})
+    objective: str = field(default="nft", metadata={
+        "help": "nft | positive-only (baseline: the model's own training loss on the samples rewarded above their "
+                "prompt's mean, r > 0.5) | positive-only-x0 (the same filter with NFT's adaptive x0 loss)",
+        "choices": OBJECTIVES})
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):

@@ -213,21 +213,33 @@ def check_loss_inputs(r: torch.Tensor | None = None, **tensors) -> None:
                              "optimality_probability")
 
 
-def positive_only_loss(x0: torch.Tensor, x0_theta: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | None = None,
-                       kl_weight: float = 1e-4, eps: float = 1e-5):
-    """The positive-only (reward-filtered fine-tuning) baseline: the x0 regression of the samples with r > 0.5 (reward
-    above their prompt group's mean) toward their own x0, with NFT's adaptive weighting; the others weigh 0.
+def native_target(x0: torch.Tensor, eps: torch.Tensor, level, prediction_type: str) -> torch.Tensor:
+    """What the model regresses in its own training loss, for x_t made from (x0, eps) at ``level``: flow v = eps - x0
+    (level: sigma, unused); epsilon: eps; v_prediction: sqrt(ab) eps - sqrt(1 - ab) x0 (level: alpha_bar)."""
+    if prediction_type == "flow":
+        return eps - x0
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        ab = _per_sample(level, x0, "alpha_bar")
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    raise ValueError(f"prediction_type = {prediction_type!r} is not one of ('flow', 'epsilon', 'v_prediction')")
 
-        loss = mean_B(1[r > 0.5] * L(x0_theta)) + kl_weight * mean_B(kl)      L: adaptive_x0_loss
 
-    This is DiffusionNFT's positive term at beta = 1 (v+ = v_theta) with r replaced by the 0/1 filter and no negative
-    term. The mean is over the whole batch (dropped samples count as zeros), so micro-batches and processes add up
-    exactly as for nft_loss. Returns (loss, detached diagnostics) like nft_loss (old_deviation: 0, unused).
+def positive_only_loss(fit: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | None = None, kl_weight: float = 1e-4):
+    """The positive-only (reward-filtered fine-tuning) baseline: each sample's regression loss ``fit`` [B] counts
+    when r > 0.5 (reward above its prompt group's mean), the others weigh 0.
+
+        loss = mean_B(1[r > 0.5] * fit) + kl_weight * mean_B(kl)
+
+    ``fit``: the model's own training loss on the sample (mean_ps (pred - native_target)^2; objective
+    "positive-only") or NFT's adaptive x0 loss (DiffusionNFT's positive term at beta = 1 with r -> the 0/1 filter;
+    "positive-only-x0"). The mean is over the whole batch (dropped samples count as zeros), so micro-batches and
+    processes add up exactly as for nft_loss. Returns (loss, detached diagnostics) like nft_loss.
     """
-    keep = (r.detach() > 0.5).to(x0_theta.dtype)  # [B]
-    fit = adaptive_x0_loss(x0_theta, x0.to(x0_theta.dtype), eps)  # [B]
+    keep = (r.detach() > 0.5).to(fit.dtype)  # [B]
     policy = (keep * fit).mean()
-    kl_mean = kl.mean() if kl is not None else x0_theta.new_zeros(())
+    kl_mean = kl.mean() if kl is not None else fit.new_zeros(())
     loss = policy + kl_weight * kl_mean
     stats = {"policy": policy, "loss_plus": fit.mean(), "loss_minus": torch.zeros_like(policy), "kl": kl_mean,
              "old_deviation": torch.zeros_like(policy), "kept": keep.mean()}

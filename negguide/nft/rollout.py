@@ -158,8 +158,9 @@ def predict(denoiser, family: str, inputs: dict, x_t: torch.Tensor, timestep: to
 
 
 def forward_noise(pipe, family: str, prediction: str, x0: torch.Tensor, generators: list, low: float = 0.0,
-                  high: float = 1.0) -> tuple:
-    """The forward process at a random level per sample: (x_t, level for the loss, the denoiser's timestep), all [b].
+                  high: float = 1.0, return_noise: bool = False) -> tuple:
+    """The forward process at a random level per sample: (x_t, level for the loss, the denoiser's timestep), all [b];
+    with ``return_noise`` the noise eps too, as a fourth item.
 
     Each sample's generator draws u ~ U[low, high] then eps ~ N(0, I). Flow: s = u through the scheduler's static
     shift, x_t = (1 - s) x0 + s eps, level s. Epsilon / v: t = floor(u T), ab = alphas_cumprod[t],
@@ -178,11 +179,13 @@ def forward_noise(pipe, family: str, prediction: str, x0: torch.Tensor, generato
         if not getattr(config, "use_dynamic_shifting", False) and shift != 1.0:
             u = shift * u / (1 + (shift - 1) * u)
         s = u.float().to(x0.device)
-        return (1 - s.view(shape)) * x0 + s.view(shape) * eps, s, model_timestep(family, pipe, s)
+        out = ((1 - s.view(shape)) * x0 + s.view(shape) * eps, s, model_timestep(family, pipe, s))
+        return out + (eps,) if return_noise else out
     t = (u * config.num_train_timesteps).floor().clamp(max=config.num_train_timesteps - 1).long()  # [b]
     ab = pipe.scheduler.alphas_cumprod[t].float().to(x0.device)  # [b]
     x_t = ab.sqrt().view(shape) * x0 + (1 - ab).sqrt().view(shape) * eps
-    return x_t, ab, model_timestep(family, pipe, t.to(x0.device))
+    out = (x_t, ab, model_timestep(family, pipe, t.to(x0.device)))
+    return out + (eps,) if return_noise else out
 
 
 def default_size(pipe) -> int:

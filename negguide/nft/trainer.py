@@ -30,8 +30,8 @@ from ..core.training_io import check_writable, save_curve
 from .advantages import group_stats, optimality_probability
 from .config import NFTConfig
 from .ema import ema_update_, eval_ema_decay, old_policy_decay
-from .loss import (kl_penalty, native_kl_scale, nft_loss, nft_loss_x0, positive_only_loss, x0_from_flow,
-                   x0_from_prediction)
+from .loss import (adaptive_x0_loss, kl_penalty, native_kl_scale, native_target, nft_loss, nft_loss_x0,
+                   per_sample_mean, positive_only_loss, x0_from_flow, x0_from_prediction)
 from .policies import (CURRENT, OLD, REFERENCE, NFTPolicies, load_training_state,
                        save_training_state)
 from .rollout import (check_prediction_type, default_size, denoiser_inputs, denoiser_of, forward_noise, predict,
@@ -169,7 +169,21 @@ class NFTTrainer:
         """forward_noise for samples ``indices`` of ``step`` at their k-th noise level (seeded per sample)."""
         c = self.config
         return forward_noise(self.pipe, self.family, self.prediction, x0,
-                             sample_generators(c.seed, step, indices, f"noise{k}"), c.timestep_min, c.timestep_max)
+                             sample_generators(c.seed, step, indices, f"noise{k}"), c.timestep_min, c.timestep_max,
+                             return_noise=True)
+
+    def _positive_only_loss(self, x0, x_t, level, eps, p_theta, p_ref, r):
+        """The baselines' loss: the model's own training loss ("positive-only") or NFT's adaptive x0 loss
+        ("positive-only-x0") on the samples above their prompt's mean; the KL term in the prediction's own space."""
+        p_theta, x0 = p_theta.float(), x0.float()
+        kl = kl_penalty(p_theta, p_ref.float()) if p_ref is not None else None
+        if self.config.objective == "positive-only":
+            fit = per_sample_mean((p_theta - native_target(x0, eps.float(), level, self.prediction)) ** 2)
+        elif self.prediction == "flow":
+            fit = adaptive_x0_loss(x0_from_flow(p_theta, x_t.float(), level), x0)
+        else:
+            fit = adaptive_x0_loss(x0_from_prediction(p_theta, x_t.float(), level, self.prediction), x0)
+        return positive_only_loss(fit, r, kl, kl_weight=self.config.kl_weight)
 
     def micro_loss(self, step: int, indices: list, prompts: list, x0: torch.Tensor, r: torch.Tensor, k: int = 0,
                    inputs: dict | None = None):
@@ -179,12 +193,12 @@ class NFTTrainer:
         c, acc = self.config, self.accelerator
         if inputs is None:
             inputs = denoiser_inputs(self.pipe, self.family, prompts, self.height, self.width, self.pipeline_kwargs)
-        x_t, level, timestep = self._noised(x0, step, indices, k)
-        positive_only = c.objective == "positive-only"
+        x_t, level, timestep, eps = self._noised(x0, step, indices, k)
+        positive_only = c.objective != "nft"
         with acc.autocast():
             with torch.no_grad():
                 p_old = None
-                if not positive_only:  # the baseline's loss never reads the old policy (it still samples)
+                if not positive_only:  # the baselines never read the old policy (it still samples)
                     with self.policies.use(OLD):
                         p_old = predict(self.denoiser, self.family, inputs, x_t, timestep)
                 p_ref = None
@@ -193,16 +207,7 @@ class NFTTrainer:
                         p_ref = predict(self.denoiser, self.family, inputs, x_t, timestep)
             p_theta = predict(self.denoiser, self.family, inputs, x_t, timestep)
         if positive_only:
-            if self.prediction == "flow":
-                x0_theta = x0_from_flow(p_theta.float(), x_t.float(), level)
-                kl = kl_penalty(p_theta.float(), p_ref.float()) if p_ref is not None else None
-            else:
-                x0_theta = x0_from_prediction(p_theta.float(), x_t.float(), level, self.prediction)
-                kl = None
-                if p_ref is not None:
-                    kl = kl_penalty(x0_theta, x0_from_prediction(p_ref.float(), x_t.float(), level, self.prediction))
-                    kl = kl * native_kl_scale(self.prediction, alpha_bar=level).to(kl).reshape(-1)
-            return positive_only_loss(x0, x0_theta, r, kl, kl_weight=c.kl_weight)
+            return self._positive_only_loss(x0, x_t, level, eps, p_theta, p_ref, r)
         if self.prediction == "flow":
             return nft_loss(x0, x_t, level, p_theta, p_old, p_ref, r, beta=c.beta, kl_weight=c.kl_weight)
         to_x0 = lambda p: None if p is None else x0_from_prediction(p, x_t, level, self.prediction)  # noqa: E731
