@@ -74,7 +74,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedding", default=BUNDLED, help="a learned global negative embedding (.safetensors; "
                         "default: the bundled one)")
-    parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it (10 steps)")
+    parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it")
+    parser.add_argument("--per-sample-steps", type=ranged(int, 1, 100, "--per-sample-steps"), default=10,
+                        help="at most this many steps per prompt (the paper: 10; default 10)")
+    parser.add_argument("--per-sample-lr", type=ranged(float, 1e-6, 1.0, "--per-sample-lr"), default=2e-3,
+                        help="per-sample learning rate (default 2e-3)")
+    parser.add_argument("--per-sample-batch", type=ranged(int, 1, 256, "--per-sample-batch"), default=8,
+                        help="samples per per-sample step (default 8)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -88,10 +94,13 @@ def main(argv=None) -> None:
     if args.per_sample:
         from .trainer import ReNegConfig, per_sample_embedding
 
-        config = ReNegConfig(prompts=prompts[:1], steps=10, batch_size=8, lr=2e-3, seed=7,
+        config = ReNegConfig(prompts=prompts[:1], steps=args.per_sample_steps, batch_size=args.per_sample_batch,
+                             lr=args.per_sample_lr, seed=7,
                              pipeline_kwargs={"max_sequence_length": 0})
+        from tqdm.auto import tqdm
+
         negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config).negative_kwargs()
-                                         for p in prompts}
+                                         for p in tqdm(prompts, desc="per-sample embeddings")}
     seeds = tuple(range(50_000, 50_000 + args.seeds))
     results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds)
     print(f"{len(prompts)} held-out prompts x {len(seeds)} seeds x 4 images")
