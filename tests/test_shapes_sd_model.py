@@ -35,10 +35,11 @@ def test_resume_equals_not_stopping_and_the_export_loads(tmp_path):
 
     from diffusers import StableDiffusionPipeline
 
-    exported = StableDiffusionPipeline.from_pretrained(str(tmp_path / "out"))
-    assert exported.scheduler.config.prediction_type == "epsilon" and exported.vae.config.shift_factor == 0.0
     from negguide.shapes.evaluate import load_pipeline
 
+    exported = load_pipeline(str(tmp_path / "out"))
+    assert isinstance(exported, StableDiffusionPipeline)
+    assert exported.scheduler.config.prediction_type == "epsilon" and exported.vae.config.shift_factor == 0.0
     base = load_pipeline()
     for key, value in exported.vae.state_dict().items():
         torch.testing.assert_close(value, base.vae.state_dict()[key], rtol=0, atol=0, msg=f"vae.{key}")

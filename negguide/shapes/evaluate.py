@@ -66,11 +66,20 @@ def evaluate_model(
 
 
 def load_pipeline(folder: str = "assets/shapeworld/sd3", **kwargs):
-    """The bundled model as a StableDiffusion3Pipeline (it has no T5: text_encoder_3/tokenizer_3 are None,
-    which diffusers needs to be told explicitly)."""
-    from diffusers import StableDiffusion3Pipeline
+    """A ShapeWorld model folder as its diffusers pipeline: the SD3-layout model (it has no T5: diffusers needs to
+    be told text_encoder_3/tokenizer_3 are None) or the SD-format one (a plain StableDiffusionPipeline)."""
+    import json
+    import os
 
-    return StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None, **kwargs)
+    with open(os.path.join(folder, "model_index.json")) as f:
+        kind = json.load(f)["_class_name"]
+    if kind == "StableDiffusion3Pipeline":
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None, **kwargs)
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(folder, **kwargs)
 
 
 def main(argv=None) -> None:
@@ -94,9 +103,12 @@ def main(argv=None) -> None:
     if args.model:
         pipe = load_pipeline(args.model)
     else:
+        from . import checkpoint as ck
         from .train_model import load_pipeline_from_checkpoint
+        from .train_unet import load_sd_checkpoint
 
-        pipe, state = load_pipeline_from_checkpoint(args.ckpt)
+        sd = (ck.read_state(args.ckpt) or {}).get("stage") == "unet"
+        pipe, state = (load_sd_checkpoint if sd else load_pipeline_from_checkpoint)(args.ckpt)
         print("checkpoint step", state["step"])
     kw = {} if args.max_sequence_length is None else {"max_sequence_length": args.max_sequence_length}
     sets = {k: PROMPT_SETS[k] for k in args.sets}
