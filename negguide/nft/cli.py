@@ -121,7 +121,15 @@ def main(argv=None) -> None:
     except TrainingDiverged as error:
         raise SystemExit(f"negguide train-nft: {error}") from None
     if trainer.accelerator.is_main_process and history:
-        first, last = history[0], history[-1]
-        extra = (f", accuracy {first['accuracy']:.3f} -> {last['accuracy']:.3f}" if "accuracy" in last else "")
+        n = max(1, len(history) // 10)  # mean of the first and the last tenth of the steps: one step is noisy
+        mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)  # noqa: E731
+        first, last = history[:n], history[-n:]
+        extra = (f", accuracy {mean(first, 'accuracy'):.3f} -> {mean(last, 'accuracy'):.3f}"
+                 if all("accuracy" in h for h in first + last) else "")
         print(f"wrote {os.path.join(args.out, 'lora')} and {os.path.join(args.out, 'reward_curve.png')} "
-              f"(reward {first['reward']:.3f} -> {last['reward']:.3f}{extra}, {trainer.step} steps)")
+              f"(rollout reward, mean of the first / last {n} steps: {mean(first, 'reward'):.3f} -> "
+              f"{mean(last, 'reward'):.3f}{extra}; {trainer.step} steps)")
+        if monitor is not None and monitor.curve:
+            print(f"held-out two-object accuracy: {monitor.curve[0][1]:.3f} (step {monitor.curve[0][0]}) -> "
+                  f"{monitor.curve[-1][1]:.3f} (step {monitor.curve[-1][0]}), best {max(a for _, a in monitor.curve):.3f};"
+                  f" {os.path.join(args.out, 'heldout_curve.png')}")
