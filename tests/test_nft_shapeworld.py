@@ -33,11 +33,13 @@ def test_compare_curves_ratio_and_not_reached():
     s = sw.compare_curves(0.5, curves, 30)
     assert s["nft_best"] == 0.9 and s["nft_step_best"] == 20 and s["baseline_step_best"] == 30
     assert s["ratio_best"] == pytest.approx(1.5)
-    curves["positive-only"][-1] = (30, 0.6)
-    s = sw.compare_curves(0.5, curves, 30)
-    assert s["ratio_best"] is None
+    assert s["target_half"] == pytest.approx(0.7) and s["nft_step_half"] == 10 and s["ratio_half"] == pytest.approx(3.0)
+    curves["positive-only"] = [(0, 0.5), (10, 0.4), (20, 0.3)]  # a baseline that only gets worse
+    s = sw.compare_curves(0.5, curves)
+    assert s["ratio_best"] is None and s["steps"] == 20 and s["ratio_half_bound"] == pytest.approx(2.0)
     table = sw.markdown_table(0.5, curves, s, 192)
-    assert "not reached within 30 steps" in table and "| 20 | 0.900" in table
+    assert "not reached within 20 steps: ratio > 2.00x" in table and "| 20 | 0.900" in table
+    assert "| 30 | 0.850 +- 0.026 | - |" in table
     assert sw.standard_error(0.5, 100) == pytest.approx(0.05)
 
 
