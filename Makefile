@@ -22,7 +22,7 @@ test: setup
 # writes outputs/compare/grid.png and one PNG per image
 compare: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide generate "a red shape" -n "a red circle" -w 1.5 \
-		--compare none plain perp-neg negtome reneg --batch 8 --steps 20 --out outputs/compare
+		--compare none plain perp-neg negtome reneg nft-lora --batch 8 --steps 20 --out outputs/compare
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide demo

@@ -20,6 +20,7 @@ import sys
 import gradio as gr
 
 from negguide import generate as gen
+from negguide import generate_inputs as gen_inputs
 from negguide.cli_flags import ranged
 from negguide.generate_cli import OneLineParser
 from negguide.negtome.settings import NegToMeSettings
@@ -181,11 +182,12 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
                                       "window low", resolved.window[0])
                         high = _slider({**nt["window"], "help": "noise level where merging ends"}, "window high",
                                        resolved.window[1])
-                    reneg = gr.Textbox(_bundled_reneg() if bundled else "", label="ReNeg negative embedding (.safetensors)",
+                    reneg = gr.Textbox(_bundled_path(gen_inputs.BUNDLED_RENEG) if bundled else "", label="ReNeg negative embedding (.safetensors)",
                                        placeholder="runs/reneg/negative_embedding.safetensors (negguide train-reneg)")
                     with gr.Row():
-                        lora = gr.Textbox("", label="DiffusionNFT LoRA (folder or .safetensors)", scale=3,
-                                          placeholder="runs/nft/lora")
+                        lora = gr.Textbox(_bundled_path(gen_inputs.BUNDLED_NFT) if bundled else "", scale=3,
+                                          label="DiffusionNFT LoRA (folder or .safetensors)",
+                                          placeholder="runs/nft/lora (negguide train-nft)")
                         lora_scale = _slider(gen.GenerateRequest.field_specs()["lora_scale"], "LoRA scale", scale=1)
                 button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
@@ -210,9 +212,10 @@ def _example_reference(pipe, defaults):
     return Image.fromarray((array * 255).round().astype("uint8"))
 
 
-def _bundled_reneg() -> str:
-    path = os.path.normpath(gen.BUNDLED_RENEG)
-    return path if os.path.isfile(path) else ""
+def _bundled_path(path: str) -> str:
+    """A bundled asset's path for a default text box, or "" when this checkout does not have it."""
+    path = os.path.normpath(path)
+    return path if os.path.exists(path) else ""
 
 
 def free_port(host: str = HOST) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -13,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .generate_inputs import is_hub_id, lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
 from .negtome.settings import NegToMeSettings
 from .perpneg.settings import PerpNegSettings
 
@@ -29,22 +29,6 @@ USES_NEGATIVES = ("plain", "perp-neg")
 COMPOSABLE = ("negtome", "negtome-reference", "reneg", "nft-lora")  # --with-negatives adds Perp-Neg to these
 MAX_PROMPT_CHARS = 300
 MAX_NEGATIVES = 8
-BUNDLED_RENEG = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "reneg",
-                             "negative_embedding.safetensors")
-RENEG_HINT = ("train one with `negguide train-reneg --out runs/reneg` and pass "
-              "--reneg runs/reneg/negative_embedding.safetensors")
-LORA_ADAPTER = "negguide_nft"
-
-
-def is_hub_id(text: str) -> bool:
-    """'owner/name' that is not a local path."""
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not os.path.exists(text)
-
-
-def one_line(error: BaseException | str, limit: int = 400) -> str:
-    """An error message on one line (library messages can span several), at most ``limit`` characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _range(value, name: str, kind: type, low, high):
@@ -98,7 +82,7 @@ class GenerateRequest:
     reference_image: Any = None  # PIL image or path (negtome-reference)
     reference_mask: Any = None  # PIL image or path, white = the region to avoid
     reneg: str | None = None  # .safetensors (default: the bundled model's, when it exists)
-    lora: str | None = None  # LoRA folder or file (nft-lora)
+    lora: str | None = None  # LoRA folder or file (nft-lora; default: the bundled model's, when it exists)
     lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0, "max": 2.0, "step": 0.05})
     with_negatives: bool = False  # also apply the Perp-Neg negatives in the COMPOSABLE methods
 
@@ -136,8 +120,6 @@ class GenerateRequest:
             raise ValueError("negtome (batch diversity) pushes the images of a batch apart: use a batch of 2 or more")
         if "negtome-reference" in self.methods and self.reference_image is None:
             raise ValueError("negtome-reference needs a reference image (--reference IMAGE, or upload one)")
-        if "nft-lora" in self.methods and not self.lora:
-            raise ValueError("nft-lora needs a LoRA: --lora FOLDER_OR_FILE (no bundled DiffusionNFT LoRA exists yet)")
 
     @classmethod
     def field_specs(cls) -> dict:
@@ -221,62 +203,6 @@ def negtome_preset(pipe, method: str) -> NegToMeSettings:
     return NegToMeSettings()
 
 
-def _open_image(value, mode: str, size: tuple, name: str):
-    from PIL import Image
-
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            with Image.open(value) as opened:
-                value = opened.convert(mode)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read the {name} {str(value)!r}: {one_line(error, 150)}") from None
-    if not isinstance(value, Image.Image):
-        raise ValueError(f"the {name} must be an image file or a PIL image, got {type(value).__name__}")
-    value = value.convert(mode)
-    if value.size != size:  # (width, height): the reference must have the output's size
-        value = value.resize(size, Image.NEAREST if mode == "L" else Image.LANCZOS)
-    return value
-
-
-def _lora_target(pipe, path: str):
-    """The pipeline that loads the LoRA (checked before any compute)."""
-    if not os.path.exists(path) and not is_hub_id(path):
-        raise ValueError(f"LoRA {path!r} does not exist: give a folder or .safetensors file written by the NFT trainer")
-    if os.path.isfile(path) and not path.endswith(".safetensors"):
-        raise ValueError(f"LoRA {path!r} is not a .safetensors file (negguide never unpickles weights)")
-    target = pipe if hasattr(pipe, "load_lora_weights") else pipe.family_pipeline()
-    if not hasattr(target, "load_lora_weights"):
-        raise ValueError(f"{type(target).__name__} cannot load LoRA weights")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        raise ValueError("nft-lora needs peft: pip install 'negguide[train]'") from None
-    return target
-
-
-@contextlib.contextmanager
-def lora_weights(pipe, path: str, scale: float):
-    """Load a LoRA (a DiffusionNFT result) for one generation and unload it afterwards: the model is shared."""
-    target = _lora_target(pipe, path)
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # no warnings about text-encoder keys a denoiser LoRA does not have
-    try:
-        target.load_lora_weights(path, adapter_name=LORA_ADAPTER, use_safetensors=True)
-        target.set_adapters([LORA_ADAPTER], [scale])
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        with contextlib.suppress(Exception):
-            target.unload_lora_weights()
-        raise ValueError(f"cannot load the LoRA {path!r}: {one_line(error, 250)}") from None
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-    try:
-        yield
-    finally:
-        target.unload_lora_weights()
-
-
 # ---------------------------------------------------------------------------------------------------- generation
 def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
     """(pipeline kwargs, context manager) of one method."""
@@ -295,34 +221,18 @@ def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
         settings = request.negtome if request.negtome is not None else negtome_preset(pipe, method)
         kwargs["negtome"] = replace(settings, **request.negtome_overrides)
     if method == "negtome-reference":
-        kwargs["negtome_reference_images"] = [_open_image(request.reference_image, "RGB", size, "reference image")]
+        kwargs["negtome_reference_images"] = [open_image(request.reference_image, "RGB", size, "reference image")]
         if request.reference_mask is not None:
-            kwargs["negtome_reference_masks"] = [_open_image(request.reference_mask, "L", size, "reference mask")]
+            kwargs["negtome_reference_masks"] = [open_image(request.reference_mask, "L", size, "reference mask")]
     elif method == "reneg":
-        kwargs.update(_reneg_kwargs(pipe, request.reneg))
+        kwargs.update(reneg_kwargs(pipe, request.reneg))
     elif method == "nft-lora":
-        _lora_target(pipe, request.lora)
-        context = lora_weights(pipe, request.lora, request.lora_scale)
+        path = lora_path(pipe, request.lora)
+        lora_target(pipe, path)
+        context = lora_weights(pipe, path, request.lora_scale)
     return kwargs, context
 
 
-def _reneg_kwargs(pipe, path: str | None) -> dict:
-    from .reneg.embedding import NegativeEmbedding
-
-    if not path:
-        if not getattr(pipe, "negguide_bundled", False):
-            raise ValueError(f"reneg needs a negative embedding for this model: {RENEG_HINT}")
-        if not os.path.isfile(BUNDLED_RENEG):
-            raise ValueError(f"no bundled negative embedding at {os.path.normpath(BUNDLED_RENEG)}: {RENEG_HINT}")
-        path = BUNDLED_RENEG
-    embedding = NegativeEmbedding.load(path, pipe)  # ValueError naming the file for a wrong format or model
-    kwargs = embedding.negative_kwargs(device=pipe.device, dtype=pipe.dtype)
-    tokens = embedding.tensors["prompt_embeds"].shape[1]
-    if pipe.family == "sd3":  # the joint sequence: CLIP tokens + T5 tokens; match the embedding's length
-        kwargs["max_sequence_length"] = tokens - pipe.family_pipeline().tokenizer_max_length
-    elif pipe.family == "flux":
-        kwargs["max_sequence_length"] = tokens
-    return kwargs
 
 
 def check_request(pipe, request: GenerateRequest, d: dict | None = None) -> tuple:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from negguide import generate as gen
+from negguide import generate_inputs as gen_inputs
 from negguide.cli import main as cli
 from negguide.generate_cli import build_parser
 
@@ -129,13 +130,27 @@ def test_compare_uses_the_same_seed_and_unloads_the_lora(run, assets):
 
 
 def test_reneg_defaults_to_the_bundled_embedding(run, assets, monkeypatch):
-    monkeypatch.setattr(gen, "BUNDLED_RENEG", assets["reneg"])
+    monkeypatch.setattr(gen_inputs, "BUNDLED_RENEG", assets["reneg"])
     code, out, err, folder = run("a circle", "--method", "reneg", *SMALL)
     assert code == 0, err
     check_images(folder, "reneg", 2)
-    monkeypatch.setattr(gen, "BUNDLED_RENEG", os.path.join(folder, "missing.safetensors"))
+    monkeypatch.setattr(gen_inputs, "BUNDLED_RENEG", os.path.join(folder, "missing.safetensors"))
     code, out, err, _ = run("a circle", "--method", "reneg", *SMALL)
     assert code == 2 and "negguide train-reneg" in err
+
+
+def test_nft_lora_defaults_to_the_bundled_lora_on_the_bundled_model(run, pipe, monkeypatch):
+    assert os.path.isfile(os.path.join(gen_inputs.BUNDLED_NFT, "pytorch_lora_weights.safetensors"))
+    code, out, err, folder = run("a red circle and a blue square", "--compare", "none", "nft-lora", *SMALL)
+    assert code == 0, err
+    plain, tuned = check_images(folder, "none", 2), check_images(folder, "nft-lora", 2)
+    assert any(np.abs(a.astype(int) - b.astype(int)).mean() > 1 for a, b in zip(plain, tuned))  # the LoRA acts
+    monkeypatch.setattr(gen_inputs, "BUNDLED_NFT", os.path.join(folder, "missing_lora"))
+    code, out, err, _ = run("a circle", "--method", "nft-lora", *SMALL)
+    assert code == 2 and "negguide train-nft" in err
+    monkeypatch.setattr(pipe, "negguide_bundled", False)  # another model: no default LoRA
+    with pytest.raises(ValueError, match="nft-lora needs a LoRA for this model"):
+        gen.lora_path(pipe, None)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -158,7 +173,6 @@ def test_reneg_defaults_to_the_bundled_embedding(run, assets, monkeypatch):
     (["a circle", "--method", "negtome-reference", "--reference", "REFERENCE", "--reference-mask", "EMPTY"],
      "reference mask is empty"),
     (["a circle", "--method", "negtome-reference", "--reference", "RENEG"], "cannot read the reference image"),
-    (["a circle", "--method", "nft-lora"], "nft-lora needs a LoRA: --lora"),
     (["a circle", "--method", "nft-lora", "--lora", "missing_lora"], "--lora 'missing_lora' does not exist"),
     (["a circle", "--method", "nft-lora", "--lora", "RENEG"], "cannot load the LoRA"),
     (["a circle", "--method", "reneg", "--reneg", "REFERENCE"], "is not a safetensors file"),

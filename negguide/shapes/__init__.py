@@ -1,7 +1,8 @@
 """ShapeWorld: a world of coloured shapes whose attributes a program reads back exactly.
 
-``world`` (vocabulary, scenes, renderer, captions), ``judge`` (read-back and metrics), ``components`` and
-``train_model`` (the bundled tiny SD3 model), ``evaluate`` (its accuracy). Only the pure-numpy parts are
+``world`` (vocabulary, scenes, renderer, captions), ``judge`` (read-back and metrics), ``components``,
+``train_model`` and ``train_unet`` (the bundled tiny SD3-layout model and its SD-format sibling), ``evaluate``
+(their accuracy), ``bench`` (the efficacy benchmark). Only the pure-numpy parts are
 imported here; the torch/diffusers modules load on use.
 """
 
