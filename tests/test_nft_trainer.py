@@ -131,6 +131,17 @@ def test_other_families_train_one_step(family):
     assert any(not torch.equal(v, t.policies.state_dict("current")[k]) for k, v in start.items())
 
 
+@pytest.mark.parametrize("family", FLOW_AND_EPS)
+def test_bf16_mixed_precision_trains_with_float32_adapters(family):
+    t = trainer(family, steps=1, mixed_precision="bf16")
+    start = t.policies.state_dict("current")
+    entry = t.train(progress=False)[0]
+    assert torch.isfinite(torch.tensor(entry["loss"])) and entry["grad_norm"] > 0
+    after = t.policies.state_dict("current")
+    assert all(v.dtype == torch.float32 for v in after.values())  # autocast computes in bf16, weights stay fp32
+    assert any(not torch.equal(v, after[k]) for k, v in start.items())
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_training_forward_is_conditioned_like_the_pipeline(family):
     """predict() with the captured inputs at the pipeline's first (x_T, t) = the pipeline's own first forward."""

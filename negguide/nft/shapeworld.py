@@ -309,6 +309,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--eval-only", action="store_true", help="only the base model's (or --lora's) accuracy")
     parser.add_argument("--lora", default=None, help="with --eval-only: a LoRA folder to evaluate")
+    parser.add_argument("--model", default=None, help="with --eval-only: a ShapeWorld model folder (default: the "
+                        "bundled flow model; e.g. assets/shapeworld/sd)")
     args = parser.parse_args(argv)
     ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps)
     if args.report:
@@ -316,8 +318,10 @@ def main(argv=None) -> None:
         return
     if args.eval_only:
         from ..shapes.bench import load_bench_pipeline
+        from ..shapes.evaluate import load_pipeline
 
-        pipe = load_bench_pipeline()
+        pipe = load_pipeline(args.model) if args.model else load_bench_pipeline()
+        pipe.set_progress_bar_config(disable=True)
         prompts = heldout_two_object_prompts(args.prompts)
         t0 = time.time()
         acc = evaluate_lora(pipe, args.lora, prompts, **ev) if args.lora else evaluate(pipe, prompts, **ev)
