@@ -140,6 +140,12 @@ def test_bf16_mixed_precision_trains_with_float32_adapters(family):
     after = t.policies.state_dict("current")
     assert all(v.dtype == torch.float32 for v in after.values())  # autocast computes in bf16, weights stay fp32
     assert any(not torch.equal(v, after[k]) for k, v in start.items())
+    # accelerate keeps one state per process: the next trainer still gets the precision it asks for
+    from negguide.core.accelerate_setup import make_accelerator
+
+    assert trainer(family, steps=1).accelerator.mixed_precision == "no"
+    assert make_accelerator(mixed_precision="bf16").mixed_precision == "bf16"
+    assert make_accelerator(mixed_precision="no").mixed_precision == "no"
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])

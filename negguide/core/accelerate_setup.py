@@ -4,6 +4,10 @@ accelerate only starts CPU data parallelism (gloo) when asked for the CPU explic
 ``accelerate launch --multi_gpu`` on a machine without a GPU it would otherwise run every process alone, each
 training on its share of the batch with nobody averaging gradients. ``make_accelerator`` asks for the CPU
 whenever the machine has no accelerator, so ``torchrun --nproc_per_node 2 ...`` trains as one process does.
+
+accelerate also keeps one process-wide state: a second Accelerator with another ``mixed_precision`` raises. In a
+single process (a notebook, a test session training twice) ``make_accelerator`` resets that state first, so each
+trainer gets the precision it asks for; launched processes keep accelerate's rule (one precision per launch).
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ def make_accelerator(**kwargs):
     """``accelerate.Accelerator(**kwargs)``, on the CPU (gloo between processes) when there is no GPU."""
     from accelerate import Accelerator
 
-    if not has_accelerator_device() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from accelerate.state import AcceleratorState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not has_accelerator_device() and launched:
         kwargs.setdefault("cpu", True)
+    wanted = kwargs.get("mixed_precision")
+    if not launched and wanted is not None and AcceleratorState._shared_state:
+        current = AcceleratorState._shared_state.get("_mixed_precision")
+        if current is not None and str(current) != str(wanted):
+            AcceleratorState._reset_state()  # this process only: its distributed state (none) is kept
     return Accelerator(**kwargs)

@@ -106,7 +106,8 @@ class ReNegTrainer:
             raise TypeError(f"reward must be a callable (images, prompts) -> Tensor[B], got {type(reward).__name__}")
         self.pipe = pipe if isinstance(pipe, PerpNegPipeline) else PerpNegPipeline.from_pipe(pipe)
         self.reward, self.config = reward, config
-        self.accelerator = accelerator or make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.accelerator = accelerator or make_accelerator(mixed_precision="no",  # ReNeg trains in float32
+                                                           gradient_accumulation_steps=config.gradient_accumulation_steps)
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
             raise ValueError(f"batch_size = {config.batch_size} does not split into {self.accelerator.num_processes} "
