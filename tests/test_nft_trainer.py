@@ -388,3 +388,14 @@ def test_positive_only_objective_trains_only_on_samples_above_their_prompt_mean(
     assert flat_grad(t).abs().sum() == 0
     with pytest.raises(ValueError, match="objective"):
         config(objective="grpo")
+
+
+def test_positive_only_absolute_filter_drops_samples_below_the_reward_floor():
+    t = trainer("sd3", objective="positive-only", kl_weight=0.0, keep_min_reward=float(10**9))
+    batch = t.collect(0)
+    assert all(float(r.abs().sum()) == 0 for *_, r in batch.micro)  # no sample reaches the floor
+    t.backward(batch, 0)
+    assert flat_grad(t).abs().sum() == 0
+    loose = trainer("sd3", objective="positive-only", kl_weight=0.0, keep_min_reward=-float(10**9)).collect(0)
+    torch.testing.assert_close(torch.cat([r for *_, r in loose.micro]),
+                               torch.cat([r for *_, r in trainer("sd3", objective="positive-only").collect(0).micro]))

@@ -47,6 +47,9 @@ class NFTConfig:
     eval_ema: bool = field(default=True, metadata={"help": "keep an evaluation EMA of the LoRA (OUT/lora_ema)"})
     eval_ema_max: float = _f(0.9, "evaluation EMA: the largest decay", 0.0, 1.0)
     checkpoint_every: int = _f(25, "steps between checkpoints", 1, 1_000_000)
+    keep_min_reward: float = _f(-math.inf, "positive-only baselines: keep only samples whose reward is also at least "
+                                "this (RAFT-style absolute filter; -inf: off)", -math.inf, math.inf,
+                                infinite_ok=True)
     seed: int = _f(0, "seed of prompts, rollouts, noise and LoRA init", 0, 2**62)
     gradient_accumulation_steps: int = _f(1, "micro-batches per step on each process", 1, 1024)
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16", "choices": PRECISIONS})
@@ -75,7 +78,8 @@ class NFTConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
                 raise ValueError(f"{f.name} = {value!r} must be {'an integer' if kind is int else 'a number'}")
             low_ok = value > meta["min"] if meta.get("low_open") else value >= meta["min"]
-            if not (math.isfinite(value) and low_ok and value <= meta["max"]):
+            finite = math.isfinite(value) or (meta.get("infinite_ok") and not math.isnan(value))
+            if not (finite and low_ok and value <= meta["max"]):
                 bracket = "(" if meta.get("low_open") else "["
                 extra = " (G must be >= 2: DiffusionNFT compares samples of the same prompt)" if f.name == "group_size" else ""
                 raise ValueError(f"{f.name} = {value!r} is outside {bracket}{meta['min']}, {meta['max']}]{extra}")

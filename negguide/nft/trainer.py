@@ -161,6 +161,8 @@ class NFTTrainer:
             raise error or ValueError(f"the reward failed on another process at step {step}")
         every = acc.gather(torch.cat(rewards).to(acc.device)).cpu()  # [B], global sample order
         r = optimality_probability(every, prompts)  # std over the whole step, groups by prompt
+        if c.objective != "nft" and c.keep_min_reward > -math.inf:  # the baselines' absolute filter
+            r = torch.where(every >= c.keep_min_reward, r, torch.zeros_like(r))
         micro = [(chunk, out.prompts, out.latents, r[chunk].to(acc.device)) for chunk, out in zip(chunks, outs)]
         hits = acc.gather(torch.cat(accuracy).to(acc.device)).cpu() if accuracy else None
         return Batch(micro, every, prompts, hits)
