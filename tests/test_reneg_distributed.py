@@ -12,20 +12,11 @@ from negguide.reneg import NegativeEmbedding, null_embedding
 from negguide.testing.tiny import tiny_pipeline
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
-from launch_processes import launch  # noqa: E402
-
-SCRIPT = os.path.join(os.path.dirname(__file__), "distributed", "reneg_two_process.py")
-
-
-def _launch(out, processes: int, accumulation: int = 1) -> str:
-    return launch(SCRIPT, out, processes, accumulation)
+from launch_processes import launch_three_ways  # noqa: E402
 
 
 def test_two_processes_train_like_one(tmp_path):
-    two = _launch(tmp_path / "two", 2)
-    assert "processes=2 backend=gloo" in two
-    _launch(tmp_path / "one", 1)
-    _launch(tmp_path / "accumulated", 1, accumulation=2)
+    launch_three_ways("reneg_two_process.py", tmp_path)
     load = lambda name: NegativeEmbedding.load(str(tmp_path / name / "negative_embedding.safetensors"))
     one = load("one")
     assert one.metadata["steps"] == "3"

@@ -18,3 +18,13 @@ def launch(script: str, out, processes: int, accumulation: int = 1) -> str:
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def launch_three_ways(name: str, folder) -> None:
+    """``tests/distributed/NAME`` three ways into FOLDER/two (2 processes), FOLDER/one (1 process) and
+    FOLDER/accumulated (1 process, 2 micro-batches): the runs the two-process tests compare."""
+    script = os.path.join(os.path.dirname(__file__), name)
+    two = launch(script, folder / "two", 2)
+    assert "processes=2 backend=gloo" in two, two[-2000:]
+    launch(script, folder / "one", 1)
+    launch(script, folder / "accumulated", 1, accumulation=2)
