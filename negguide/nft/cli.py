@@ -26,7 +26,7 @@ import os
 from dataclasses import fields
 
 from ..cli_flags import add_training_inputs, is_shapeworld_model, ranged, read_training_prompts
-from .config import OBJECTIVES, NFTConfig
+from .config import LR_SCHEDULES, OBJECTIVES, NFTConfig
 
 
 def shapeworld_accuracy(images, prompts):
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nft (DiffusionNFT) | positive-only (baseline: the model's training loss on the samples "
                              "rewarded above their prompt's mean, same rollouts and trainer) | positive-only-x0 (the "
                              "same with NFT's adaptive x0 loss) (default nft)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="constant (the reference's) | cosine (lr down to 0 at the last step) (default constant)")
     parser.add_argument("--heldout-every", type=ranged(int, 0, 10**6, "--heldout-every"), default=0,
                         help="bundled model: judge held-out two-object prompts every N steps (and at 0 and the end) "
                              "into OUT/heldout.json and OUT/heldout_curve.png (default 0: off)")
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
     prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     config = NFTConfig(prompts=prompts, lora_targets=args.lora_targets, mixed_precision=args.mixed_precision,
-                       objective=args.objective,
+                       objective=args.objective, lr_schedule=args.lr_schedule,
                        eval_ema=not args.no_eval_ema, height=args.height, width=args.width,
                        max_sequence_length=sequence, output_dir=args.out,
                        **{f.name: getattr(args, f.name) for f in _ranged_fields()})

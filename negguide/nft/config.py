@@ -9,6 +9,7 @@ from .policies import DEFAULT_TARGETS
 
 PRECISIONS = ("no", "fp16", "bf16")
 OBJECTIVES = ("nft", "positive-only", "positive-only-x0")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 
@@ -31,6 +32,8 @@ class NFTConfig:
                      low_open=True)
     kl_weight: float = _f(1e-4, "weight of the KL-to-reference term", 0.0, 100.0)
     lr: float = _f(3e-4, "AdamW learning rate", 1e-8, 1.0)
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant (the reference's) | cosine (from lr down to 0 at the last step)", "choices": LR_SCHEDULES})
     weight_decay: float = _f(1e-4, "AdamW weight decay", 0.0, 1.0)
     grad_clip: float = _f(1.0, "max gradient norm (0: no clipping)", 0.0, 1e6)
     num_inference_steps: int = _f(10, "sampler steps of a rollout", 1, 1000)
@@ -87,6 +90,8 @@ class NFTConfig:
             raise ValueError(f"timestep_min = {self.timestep_min} must be below timestep_max = {self.timestep_max}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective = {self.objective!r} is not one of {OBJECTIVES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule = {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision = {self.mixed_precision!r} is not one of {PRECISIONS}")
         if isinstance(self.lora_targets, (list, tuple)):
@@ -97,6 +102,13 @@ class NFTConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} = {value!r} must be a positive integer or None")
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of the update made at ``step`` (0-based): a pure function of the step, so a resumed
+        run follows the same schedule."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / self.steps, 1.0)))
 
     @property
     def batch_size(self) -> int:

@@ -266,6 +266,8 @@ class NFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(f"the gradient norm is {norm} at step {self.step}: training stopped before the "
                                    "update; lower lr or raise kl_weight (the last checkpoint is intact)")
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.learning_rate(self.step)
         self.optimizer.step()  # with fp16's scaler a non-finite step is skipped by the scaler
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -273,7 +275,7 @@ class NFTTrainer:
         self.policies.update_old(decay)
         if self.ema is not None:
             ema_update_(self.ema, self.policies.tensors[CURRENT], eval_ema_decay(self.step, c.eval_ema_max))
-        return {"grad_norm": norm, "old_decay": decay}
+        return {"grad_norm": norm, "old_decay": decay, "lr": c.learning_rate(self.step - 1)}
 
     def train_step(self) -> dict:
         """Rollouts, rewards, gradients, update; returns (and logs) the step's numbers."""

@@ -81,6 +81,9 @@ def main(argv=None) -> None:
                         help="per-sample learning rate (default 2e-3)")
     parser.add_argument("--per-sample-batch", type=ranged(int, 1, 256, "--per-sample-batch"), default=8,
                         help="samples per per-sample step (default 8)")
+    parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=7,
+                        help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 7; "
+                             "20: anywhere, so the reward can also reach the layout)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -95,7 +98,7 @@ def main(argv=None) -> None:
         from .trainer import ReNegConfig, per_sample_embedding
 
         config = ReNegConfig(prompts=prompts[:1], steps=args.per_sample_steps, batch_size=args.per_sample_batch,
-                             lr=args.per_sample_lr, seed=7,
+                             lr=args.per_sample_lr, seed=7, late_steps=args.per_sample_late_steps,
                              pipeline_kwargs={"max_sequence_length": 0})
         from tqdm.auto import tqdm
 
