@@ -81,6 +81,9 @@ def main(argv=None) -> None:
                         help="per-sample learning rate (default 2e-3)")
     parser.add_argument("--per-sample-batch", type=ranged(int, 1, 256, "--per-sample-batch"), default=8,
                         help="samples per per-sample step (default 8)")
+    parser.add_argument("--per-sample-selection", choices=("final", "step"), default="final",
+                        help="per-sample early stopping on the reward of complete samples (final, default) or of the "
+                             "one-step training objective (step)")
     parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=7,
                         help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 7; "
                              "20: anywhere, so the reward can also reach the layout)")
@@ -102,7 +105,8 @@ def main(argv=None) -> None:
                              pipeline_kwargs={"max_sequence_length": 0})
         from tqdm.auto import tqdm
 
-        negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config).negative_kwargs()
+        negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config,
+                                                                  selection=args.per_sample_selection).negative_kwargs()
                                          for p in tqdm(prompts, desc="per-sample embeddings")}
     seeds = tuple(range(50_000, 50_000 + args.seeds))
     results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds)

@@ -150,6 +150,21 @@ class ReNegTrainer:
         prompts, late = self.plan(step)
         return float(self.loss(step, list(range(len(prompts))), prompts, late, grad=False)[1].mean())
 
+    @torch.no_grad()
+    def final_reward(self, prompts: list, seed: int = 0) -> float:
+        """Mean reward of complete samples (every sampling step, no gradient) of ``prompts`` with the current
+        embedding; the noise is a function of (config seed, ``seed``, index), the same for every embedding."""
+        c = self.config
+        adapter = get_adapter(self.pipe.family)
+        generators = [torch.Generator().manual_seed(_seed(c.seed, "final", seed, i)) for i in range(len(prompts))]
+        embeds = {k: v.detach() for k, v in self.model().items()}
+        images = self.pipe(list(prompts), generator=generators, output_type="pt", num_inference_steps=c.num_inference_steps,
+                           height=self.height, width=self.width, **{adapter.scale_argument: c.guidance_scale},
+                           **embeds, **c.pipeline_kwargs).images
+        rewards = self.reward(images.float(), list(prompts))
+        _check_reward(rewards, len(prompts), grad=False)
+        return float(rewards.float().mean())
+
     def loss(self, step: int, indices: list, prompts: list, late: int, grad: bool = True) -> tuple:
         """-mean reward of samples ``indices`` of the step (and the rewards, detached)."""
         c = self.config
@@ -279,24 +294,33 @@ def _check_reward(rewards, batch: int, grad: bool = True) -> None:
 
 
 def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prompt: str, config: ReNegConfig,
-                         patience: int = 3) -> NegativeEmbedding:
+                         patience: int = 3, selection: str = "final") -> NegativeEmbedding:
     """ReNeg's per-sample variant: a few more steps from the global embedding on one prompt (the paper: at most
-    10), keeping the best by training reward and stopping after ``patience`` steps without improvement."""
+    ``config.steps`` = 10), keeping the best and stopping after ``patience`` steps without improvement.
+
+    ``selection`` is what "best" is measured on: "final" (default) the mean reward of ``config.batch_size``
+    complete samples of the prompt with fixed noise (what the embedding is for), "step" the training objective
+    on step 0's plan (one denoiser step from a random late step: cheaper, noisier)."""
     from dataclasses import replace
 
     if patience < 1:
         raise ValueError(f"patience = {patience} must be >= 1")
+    if selection not in ("final", "step"):
+        raise ValueError(f"selection = {selection!r} must be 'final' or 'step'")
     config = replace(config, prompts=[prompt], output_dir=None, warmup_steps=0)
     trainer = ReNegTrainer(pipe, reward, config, init=global_embedding)
-    best_reward, best, since = trainer.evaluate(0), global_embedding, 0
+    score = (lambda: trainer.final_reward([prompt] * config.batch_size)) if selection == "final" else (lambda: trainer.evaluate(0))
+    best = NegativeEmbedding(global_embedding.family, dict(global_embedding.tensors), dict(global_embedding.metadata))
+    best_reward, since = score(), 0
     while trainer.step < config.steps and since < patience:
         trainer.train_step()
-        value = trainer.evaluate(0)
+        value = score()
         if value > best_reward:
             best_reward, best, since = value, trainer.embedding(), 0
         else:
             since += 1
     best.metadata["per_sample_prompt"] = prompt
+    best.metadata["per_sample_reward"] = f"{best_reward:.6f} ({selection})"
     return best
 
 
