@@ -26,7 +26,7 @@ import os
 from dataclasses import fields
 
 from ..cli_flags import add_training_inputs, is_shapeworld_model, ranged, read_training_prompts
-from .config import LR_SCHEDULES, OBJECTIVES, NFTConfig
+from .config import LR_SCHEDULES, OBJECTIVES, ROLLOUT_SAMPLERS, NFTConfig
 
 
 def shapeworld_accuracy(images, prompts):
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nft (DiffusionNFT) | positive-only (baseline: the model's training loss on the samples "
                              "rewarded above their prompt's mean, same rollouts and trainer) | positive-only-x0 (the "
                              "same with NFT's adaptive x0 loss) (default nft)")
+    parser.add_argument("--rollout-sampler", choices=ROLLOUT_SAMPLERS, default="default",
+                        help="default (the pipeline's scheduler) | stochastic (flow models: Euler re-noising each "
+                             "step's x0 prediction: more varied rollouts; evaluation is unchanged) (default default)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                         help="constant (the reference's) | cosine (lr down to 0 at the last step) (default constant)")
     parser.add_argument("--heldout-every", type=ranged(int, 0, 10**6, "--heldout-every"), default=0,
@@ -87,7 +90,7 @@ def main(argv=None) -> None:
     prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     config = NFTConfig(prompts=prompts, lora_targets=args.lora_targets, mixed_precision=args.mixed_precision,
-                       objective=args.objective, lr_schedule=args.lr_schedule,
+                       objective=args.objective, lr_schedule=args.lr_schedule, rollout_sampler=args.rollout_sampler,
                        eval_ema=not args.no_eval_ema, height=args.height, width=args.width,
                        max_sequence_length=sequence, output_dir=args.out,
                        **{f.name: getattr(args, f.name) for f in _ranged_fields()})

@@ -10,6 +10,7 @@ from .policies import DEFAULT_TARGETS
 PRECISIONS = ("no", "fp16", "bf16")
 OBJECTIVES = ("nft", "positive-only", "positive-only-x0")
 LR_SCHEDULES = ("constant", "cosine")
+ROLLOUT_SAMPLERS = ("default", "stochastic")
 
 
 
@@ -38,6 +39,10 @@ class NFTConfig:
     grad_clip: float = _f(1.0, "max gradient norm (0: no clipping)", 0.0, 1e6)
     num_inference_steps: int = _f(10, "sampler steps of a rollout", 1, 1000)
     guidance_scale: float = _f(1.0, "CFG scale of the rollouts (1: CFG-free)", 1.0, 100.0)
+    rollout_sampler: str = field(default="default", metadata={
+        "help": "default (the pipeline's own scheduler) | stochastic (flow models: Euler that re-noises each step's "
+                "x0 prediction, for more varied rollouts; evaluation keeps the pipeline's scheduler)",
+        "choices": ROLLOUT_SAMPLERS})
     timestep_min: float = _f(0.0, "lowest training noise level u in [0, 1]", 0.0, 1.0)
     timestep_max: float = _f(1.0, "highest training noise level u in [0, 1]", 0.0, 1.0)
     timesteps_per_sample: int = _f(1, "noise levels per sample per step (gradients accumulated)", 1, 100)
@@ -90,6 +95,8 @@ class NFTConfig:
             raise ValueError(f"timestep_min = {self.timestep_min} must be below timestep_max = {self.timestep_max}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective = {self.objective!r} is not one of {OBJECTIVES}")
+        if self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(f"rollout_sampler = {self.rollout_sampler!r} is not one of {ROLLOUT_SAMPLERS}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule = {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if self.mixed_precision not in PRECISIONS:

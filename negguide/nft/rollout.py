@@ -54,6 +54,31 @@ def resolve_pipeline(pipe) -> tuple:
     return pipe, family
 
 
+def rollout_scheduler(pipe, family: str, sampler: str):
+    """The scheduler rollouts use instead of the pipeline's own, or None to keep it. "stochastic" (flow models): the
+    pipeline's Euler scheduler with ``stochastic_sampling``, which re-noises every step's x0 prediction; the noise
+    comes from each sample's own generator (set ``.generators`` before a rollout), so a rollout stays a function of
+    (seed, step, index)."""
+    if sampler == "default":
+        return None
+    if sampler != "stochastic":
+        raise ValueError(f"rollout_sampler = {sampler!r} is not one of ('default', 'stochastic')")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if family not in ("sd3", "flux") or not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError(f"rollout_sampler = 'stochastic' needs a flow model with FlowMatchEulerDiscreteScheduler, got "
+                         f"{type(pipe.scheduler).__name__} on {family!r}; for SD / SDXL use a DDIM scheduler and "
+                         "pipeline_kwargs={'eta': 1.0}")
+
+    class SeededStochasticEuler(FlowMatchEulerDiscreteScheduler):
+        generators = None  # one per row of the rollout; the pipelines do not pass theirs to step()
+
+        def step(self, *args, generator=None, **kwargs):
+            return super().step(*args, generator=generator or self.generators, **kwargs)
+
+    return SeededStochasticEuler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+
+
 def denoiser_of(pipe, family: str) -> torch.nn.Module:
     return getattr(pipe, get_adapter(family).denoiser_attr)
 

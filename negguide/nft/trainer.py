@@ -35,7 +35,7 @@ from .loss import (adaptive_x0_loss, kl_penalty, native_kl_scale, native_target,
 from .policies import (CURRENT, OLD, REFERENCE, NFTPolicies, load_training_state,
                        save_training_state)
 from .rollout import (check_prediction_type, default_size, denoiser_inputs, denoiser_of, forward_noise, predict,
-                      resolve_pipeline, rollout, sample_generators, seed_of)
+                      resolve_pipeline, rollout, rollout_scheduler, sample_generators, seed_of)
 
 CHECKPOINT = "checkpoint"
 class TrainingDiverged(RuntimeError):
@@ -93,6 +93,7 @@ class NFTTrainer:
         for module in self.pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
+        self.rollout_scheduler = rollout_scheduler(self.pipe, self.family, c.rollout_sampler)
         self.denoiser = denoiser_of(self.pipe, self.family)
         self.policies = NFTPolicies(self.denoiser, c.lora_rank, c.lora_alpha, c.lora_targets.split(","), seed=c.seed)
         optimizer = torch.optim.AdamW(self.policies.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -134,18 +135,15 @@ class NFTTrainer:
             chosen = [c.prompts[rng.randrange(len(c.prompts))] for _ in range(c.prompts_per_step)]
         return [p for p in chosen for _ in range(c.group_size)]
 
-    def collect(self, step: int | None = None) -> Batch:
-        """Rollouts of the old policy on this process's samples, rewards of all processes, r of this process's."""
+    def _rollouts(self, step: int, prompts: list, chunks: list) -> tuple:
+        """Rollouts and scores chunk by chunk; a reward error is returned (not raised) so every process stops together."""
         c, acc = self.config, self.accelerator
-        step = self.step if step is None else step
-        prompts = self.plan(step)
-        share = len(prompts) // acc.num_processes
-        mine = list(range(acc.process_index * share, (acc.process_index + 1) * share))
-        size = share // c.gradient_accumulation_steps
-        chunks = [mine[i:i + size] for i in range(0, share, size)]
         outs, rewards, accuracy, error = [], [], [], None
         for chunk in chunks:
-            out = rollout(self.pipe, self.family, [prompts[i] for i in chunk], sample_generators(c.seed, step, chunk),
+            generators = sample_generators(c.seed, step, chunk)
+            if self.rollout_scheduler is not None:
+                self.rollout_scheduler.generators = generators  # they go on from the initial noise, sample by sample
+            out = rollout(self.pipe, self.family, [prompts[i] for i in chunk], generators,
                           guidance_scale=c.guidance_scale, num_inference_steps=c.num_inference_steps,
                           height=self.height, width=self.width, policies=self.policies, policy=OLD,
                           pipeline_kwargs=self.pipeline_kwargs, autocast=acc.autocast())
@@ -157,6 +155,22 @@ class NFTTrainer:
             except (TypeError, ValueError) as failure:
                 error = failure
                 break
+        return outs, rewards, accuracy, error
+
+    def collect(self, step: int | None = None) -> Batch:
+        """Rollouts of the old policy on this process's samples, rewards of all processes, r of this process's."""
+        c, acc = self.config, self.accelerator
+        step = self.step if step is None else step
+        prompts = self.plan(step)
+        share = len(prompts) // acc.num_processes
+        mine = list(range(acc.process_index * share, (acc.process_index + 1) * share))
+        size = share // c.gradient_accumulation_steps
+        chunks = [mine[i:i + size] for i in range(0, share, size)]
+        scheduler, self.pipe.scheduler = self.pipe.scheduler, self.rollout_scheduler or self.pipe.scheduler
+        try:
+            outs, rewards, accuracy, error = self._rollouts(step, prompts, chunks)
+        finally:
+            self.pipe.scheduler = scheduler
         if not self._everywhere(error is None):  # every process stops together, none waits in a gather
             raise error or ValueError(f"the reward failed on another process at step {step}")
         every = acc.gather(torch.cat(rewards).to(acc.device)).cpu()  # [B], global sample order

@@ -1,4 +1,4 @@
-"""DiffusionNFT's learning-rate schedule: a pure function of the step, applied to every update, resumable."""
+"""DiffusionNFT options: the learning-rate schedule (a pure function of the step, resumable) and the rollout sampler."""
 
 from __future__ import annotations
 
@@ -57,3 +57,23 @@ def test_every_update_uses_the_scheduled_rate(tmp_path):
     resumed.train(progress=False)
     torch.testing.assert_close(resumed.policies.state_dict("current"), straight.policies.state_dict("current"),
                                rtol=0, atol=0)
+
+
+def test_stochastic_rollouts_differ_from_the_default_and_leave_the_pipeline_scheduler_alone():
+    plain = NFTTrainer(tiny_pipeline("sd3"), redness, config()).collect(0)
+    pipe = tiny_pipeline("sd3")  # the same weights (the tiny models are seeded)
+    own = pipe.scheduler
+    stochastic = NFTTrainer(pipe, redness, config(rollout_sampler="stochastic"))
+    assert stochastic.rollout_scheduler.config.stochastic_sampling and not own.config.stochastic_sampling
+    varied, again = stochastic.collect(0), stochastic.collect(0)
+    assert pipe.scheduler is own  # evaluation and inference keep the deterministic sampler
+    a, b, c = (torch.cat([m[2] for m in batch.micro]) for batch in (plain, varied, again))
+    assert (a - b).abs().max() > 1e-3
+    torch.testing.assert_close(b, c, rtol=0, atol=0)  # still a function of (seed, step, index)
+
+
+def test_stochastic_rollouts_need_a_flow_model():
+    with pytest.raises(ValueError, match="rollout_sampler = 'stochastic' needs a flow model"):
+        NFTTrainer(tiny_pipeline("sd"), redness, config(rollout_sampler="stochastic"))
+    with pytest.raises(ValueError, match=r"rollout_sampler = 'ode' is not one of"):
+        config(rollout_sampler="ode")
