@@ -27,6 +27,16 @@ def test_heldout_prompts_are_two_object_and_never_trained_on():
     assert not set(held) & set(shapeworld_prompts(540, "train"))  # every train caption
 
 
+def test_accuracy_by_kind_splits_hits_by_caption():
+    prompts = ["a red circle and a square", "a circle to the left of a square", "a square below a circle"]
+    # two seeds x 3 prompts x 2 images, prompt-major within a seed (evaluate's order)
+    hits = [1, 1, 0, 0, 1, 0] + [1, 0, 1, 1, 0, 0]
+    kinds = sw.accuracy_by_kind(prompts, hits, images_per_prompt=2)
+    assert kinds == {"and": (0.75, 4), "relation": (0.375, 8)}
+    with pytest.raises(ValueError, match="7 hits do not divide into 3 prompts x 2 images"):
+        sw.accuracy_by_kind(prompts, hits[:7], images_per_prompt=2)
+
+
 def test_compare_curves_ratio_and_not_reached():
     curves = {"nft": [(0, 0.5), (10, 0.7), (20, 0.9), (30, 0.85)],
               "positive-only": [(0, 0.5), (10, 0.55), (20, 0.6), (30, 0.9)]}

@@ -64,16 +64,17 @@ def _inner(pipe):
 
 @torch.no_grad()
 def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4, steps: int = 10,
-             guidance_scale: float = 1.0, return_details: bool = False):
+             guidance_scale: float = 1.0, return_details: bool = False, reward=None):
     """Judged accuracy of ``pipe`` (with whatever LoRA is active) on prompts x seeds x images_per_prompt samples.
 
     Every image has its own generator seeded by (seed, prompt index, image index): the same noise for every model.
-    Returns the accuracy (float), or with ``return_details`` a dict with the per-image hits too."""
+    Returns the accuracy (float), or with ``return_details`` a dict with the per-image hits too (and, given a
+    ``reward``, whether it agrees with the judge on each image, thresholded at 0.5)."""
     from ..shapes.judge import prompt_correct
 
     inner = _inner(pipe)
     extra = {"max_sequence_length": 0} if "max_sequence_length" in inspect.signature(inner.__call__).parameters else {}
-    hits = []
+    hits, agree = [], []
     for seed in seeds:
         generators = [torch.Generator().manual_seed(int(seed) * 100_003 + i * 97 + j)
                       for i in range(len(prompts)) for j in range(images_per_prompt)]
@@ -81,11 +82,28 @@ def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4
                        guidance_scale=guidance_scale, generator=generators, output_type="pt",
                        **extra).images  # [P * k, 3, H, W] in [0, 1], prompt-major
         expanded = [p for p in prompts for _ in range(images_per_prompt)]
-        hits.extend(prompt_correct(images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy(), expanded).tolist())
+        correct = prompt_correct(images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy(), expanded)
+        hits.extend(correct.tolist())
+        if reward is not None:  # does the reward (thresholded at 0.5) say what the judge says?
+            agree.extend(((reward(images.float(), expanded).cpu().numpy() > 0.5) == correct).tolist())
     accuracy = float(np.mean(hits))
     if return_details:
-        return {"accuracy": accuracy, "images": len(hits), "stderr": standard_error(accuracy, len(hits)), "hits": hits}
+        out = {"accuracy": accuracy, "images": len(hits), "stderr": standard_error(accuracy, len(hits)), "hits": hits}
+        return {**out, "reward_agrees": agree} if reward is not None else out
     return accuracy
+
+
+def accuracy_by_kind(prompts: list, hits: list, images_per_prompt: int) -> dict:
+    """Split ``evaluate``'s per-image hits by caption kind: "and" (two objects anywhere) and "relation" (left of /
+    right of / next to / above / below). Returns kind -> (accuracy, images)."""
+    per_seed = len(prompts) * images_per_prompt
+    if len(hits) % per_seed:
+        raise ValueError(f"{len(hits)} hits do not divide into {len(prompts)} prompts x {images_per_prompt} images")
+    kinds: dict = {}
+    for index, hit in enumerate(hits):
+        prompt = prompts[(index % per_seed) // images_per_prompt]
+        kinds.setdefault("and" if " and " in f" {prompt} " else "relation", []).append(bool(hit))
+    return {kind: (float(np.mean(values)), len(values)) for kind, values in sorted(kinds.items())}
 
 
 def evaluate_lora(pipe, folder: str, prompts: list, **kwargs) -> float:
@@ -311,6 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lora", default=None, help="with --eval-only: a LoRA folder to evaluate")
     parser.add_argument("--model", default=None, help="with --eval-only: a ShapeWorld model folder (default: the "
                         "bundled flow model; e.g. assets/shapeworld/sd)")
+    parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                        help="with --eval-only: held-out two-object captions (default) or the first training ones")
     args = parser.parse_args(argv)
     ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps)
     if args.report:
@@ -322,12 +342,21 @@ def main(argv=None) -> None:
 
         pipe = load_pipeline(args.model) if args.model else load_bench_pipeline()
         pipe.set_progress_bar_config(disable=True)
-        prompts = heldout_two_object_prompts(args.prompts)
+        prompts = (heldout_two_object_prompts(args.prompts) if args.split == "heldout" else
+                   [p for p in training_prompts() if is_two_object(p)][:args.prompts])
         t0 = time.time()
-        acc = evaluate_lora(pipe, args.lora, prompts, **ev) if args.lora else evaluate(pipe, prompts, **ev)
-        n = len(prompts) * len(args.seeds) * args.images_per_prompt
-        print(f"held-out two-object accuracy {acc:.3f} +- {standard_error(acc, n):.3f} ({n} images, "
-              f"{time.time() - t0:.1f} s)")
+        from ..rewards.shapeworld import ShapeWorldReward
+
+        reward = ShapeWorldReward.from_pretrained()
+        run = (lambda: evaluate_lora(pipe, args.lora, prompts, return_details=True, reward=reward, **ev)) \
+            if args.lora else (lambda: evaluate(pipe, prompts, return_details=True, reward=reward, **ev))
+        details = run()
+        acc, n = details["accuracy"], details["images"]
+        split = lambda key: ", ".join(f"{kind} {a:.3f}" for kind, (a, m) in  # noqa: E731
+                                      accuracy_by_kind(prompts, details[key], args.images_per_prompt).items())
+        print(f"{args.split} two-object accuracy {acc:.3f} +- {standard_error(acc, n):.3f} ({n} images, "
+              f"{time.time() - t0:.1f} s); by caption: {split('hits')}; the reward agrees with the judge on "
+              f"{np.mean(details['reward_agrees']):.3f} ({split('reward_agrees')})")
         return
     run_comparison(args.out, steps=args.steps, eval_every=args.eval_every, objectives=args.objectives,
                    n_prompts=args.prompts, seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt,

@@ -77,16 +77,16 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it")
     parser.add_argument("--per-sample-steps", type=ranged(int, 1, 100, "--per-sample-steps"), default=10,
                         help="at most this many steps per prompt (the paper: 10; default 10)")
-    parser.add_argument("--per-sample-lr", type=ranged(float, 1e-6, 1.0, "--per-sample-lr"), default=2e-3,
-                        help="per-sample learning rate (default 2e-3)")
+    parser.add_argument("--per-sample-lr", type=ranged(float, 1e-6, 1.0, "--per-sample-lr"), default=3e-2,
+                        help="per-sample learning rate (default 3e-2)")
     parser.add_argument("--per-sample-batch", type=ranged(int, 1, 256, "--per-sample-batch"), default=8,
                         help="samples per per-sample step (default 8)")
     parser.add_argument("--per-sample-selection", choices=("final", "step"), default="final",
                         help="per-sample early stopping on the reward of complete samples (final, default) or of the "
                              "one-step training objective (step)")
-    parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=7,
-                        help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 7; "
-                             "20: anywhere, so the reward can also reach the layout)")
+    parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=20,
+                        help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 20: "
+                             "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
