@@ -30,6 +30,9 @@ def add_training_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
                         help="without prompts, on a ShapeWorld model: this many ShapeWorld training captions "
                              "(default 200)")
+    parser.add_argument("--shapeworld-captions", choices=("all", "two-object", "relation"), default="all",
+                        help="which ShapeWorld training captions: all (default), two-object, or relation (A to the "
+                             "left of B, ...) only")
 
 
 def is_shapeworld_model(model: str | None) -> bool:
@@ -55,5 +58,5 @@ def read_training_prompts(args) -> list:
             raise ValueError("give --prompts or --prompts-file for your own model")
         from .reneg.shapeworld import shapeworld_prompts
 
-        prompts = shapeworld_prompts(args.shapeworld_prompts, "train")
+        prompts = shapeworld_prompts(args.shapeworld_prompts, "train", kind=args.shapeworld_captions)
     return prompts

@@ -27,6 +27,23 @@ def test_heldout_prompts_are_two_object_and_never_trained_on():
     assert not set(held) & set(shapeworld_prompts(540, "train"))  # every train caption
 
 
+def test_training_captions_of_one_kind():
+    from negguide.cli_flags import read_training_prompts
+    from negguide.nft.cli import build_parser
+    from negguide.reneg.shapeworld import caption_kind, shapeworld_prompts
+
+    relation = shapeworld_prompts(50, "train", kind="relation")
+    assert len(set(relation)) == 50 and {caption_kind(p) for p in relation} == {"relation"}
+    assert {caption_kind(p) for p in shapeworld_prompts(50, "train", kind="two-object")} == {"and", "relation"}
+    assert set(relation) <= set(shapeworld_prompts(540, "train"))  # a subset of the train split, never held out
+    args = build_parser().parse_args(["--out", "x", "--shapeworld-captions", "relation", "--shapeworld-prompts", "50"])
+    assert read_training_prompts(args) == relation
+    with pytest.raises(ValueError, match="kind = 'three' is not one of"):
+        shapeworld_prompts(5, "train", kind="three")
+    with pytest.raises(ValueError, match="only 230 distinct train relation captions found"):
+        shapeworld_prompts(231, "train", kind="relation")
+
+
 def test_accuracy_by_kind_splits_hits_by_caption():
     prompts = ["a red circle and a square", "a circle to the left of a square", "a square below a circle"]
     # two seeds x 3 prompts x 2 images, prompt-major within a seed (evaluate's order)

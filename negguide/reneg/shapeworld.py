@@ -23,21 +23,37 @@ BUNDLED = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapewo
 SPLITS = ("train", "heldout")
 
 
-def shapeworld_prompts(n: int, split: str = "train", seed: int = 0) -> list[str]:
-    """``n`` distinct non-empty captions of the ``split`` (1 in 5 caption texts is held out, by hash)."""
+CAPTION_KINDS = ("all", "two-object", "relation")
+
+
+def caption_kind(caption: str) -> str:
+    """"relation" (A to the left of / right of / next to / above / below B), "and" (A and B) or "one-object"."""
+    padded = f" {caption} "
+    if any(word in padded for word in (" to the left of ", " to the right of ", " next to ", " above ", " below ")):
+        return "relation"
+    return "and" if " and " in padded else "one-object"
+
+
+def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = "all") -> list[str]:
+    """``n`` distinct non-empty captions of the ``split`` (1 in 5 caption texts is held out, by hash); ``kind``:
+    all, two-object (and + relation) or relation captions only."""
     if split not in SPLITS:
         raise ValueError(f"split = {split!r} is not one of {SPLITS}")
+    if kind not in CAPTION_KINDS:
+        raise ValueError(f"kind = {kind!r} is not one of {CAPTION_KINDS}")
+    wanted = {"all": ("one-object", "and", "relation"), "two-object": ("and", "relation"), "relation": ("relation",)}[kind]
     rng = np.random.default_rng(seed)
     probs = CaptionProbs(empty=0.0)
     out: list[str] = []
     for _ in range(200 * n):
         caption = sample_caption(sample_scene(rng, two_object_prob=0.5), rng, probs)
         held = zlib.crc32(caption.encode()) % 5 == 0
-        if caption and caption not in out and held == (split == "heldout"):
+        if caption and caption not in out and held == (split == "heldout") and caption_kind(caption) in wanted:
             out.append(caption)
             if len(out) == n:
                 return out
-    raise ValueError(f"only {len(out)} distinct {split} captions found; ask for fewer")
+    what = "" if kind == "all" else f"{kind} "
+    raise ValueError(f"only {len(out)} distinct {split} {what}captions found; ask for fewer")
 
 
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
