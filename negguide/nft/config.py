@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from ..core.training_io import cosine_learning_rate
 from .policies import DEFAULT_TARGETS
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -115,7 +116,7 @@ class NFTConfig:
         run follows the same schedule."""
         if self.lr_schedule == "constant":
             return self.lr
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step / self.steps, 1.0)))
+        return cosine_learning_rate(self.lr, step, self.steps)
 
     @property
     def batch_size(self) -> int:

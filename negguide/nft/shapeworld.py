@@ -26,28 +26,21 @@ import time
 import numpy as np
 import torch
 
-RELATIONS = (" and ", " to the left of ", " to the right of ", " next to ", " above ", " below ")
 OBJECTIVES = ("nft", "positive-only")
 
 
 def is_two_object(caption: str) -> bool:
     """A caption naming two objects (joined by "and" or a spatial relation)."""
-    return any(word in f" {caption} " for word in RELATIONS)
+    from ..reneg.shapeworld import caption_kind
+
+    return caption_kind(caption) != "one-object"
 
 
 def heldout_two_object_prompts(n: int = 24, seed: int = 1) -> list[str]:
     """``n`` distinct two-object captions of the held-out split."""
     from ..reneg.shapeworld import shapeworld_prompts
 
-    for pool in (4 * n, 8 * n, 16 * n, 32 * n):
-        try:
-            candidates = shapeworld_prompts(pool, "heldout", seed)
-        except ValueError:
-            break
-        two = [p for p in candidates if is_two_object(p)]
-        if len(two) >= n:
-            return two[:n]
-    raise ValueError(f"fewer than {n} two-object held-out captions; ask for fewer")
+    return shapeworld_prompts(n, "heldout", seed, kind="two-object")
 
 
 def training_prompts(n: int = 200) -> list[str]:
@@ -94,15 +87,16 @@ def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4
 
 
 def accuracy_by_kind(prompts: list, hits: list, images_per_prompt: int) -> dict:
-    """Split ``evaluate``'s per-image hits by caption kind: "and" (two objects anywhere) and "relation" (left of /
-    right of / next to / above / below). Returns kind -> (accuracy, images)."""
+    """Split ``evaluate``'s per-image hits by caption kind (``caption_kind``: "and", "relation", "one-object").
+    Returns kind -> (accuracy, images)."""
     per_seed = len(prompts) * images_per_prompt
     if len(hits) % per_seed:
         raise ValueError(f"{len(hits)} hits do not divide into {len(prompts)} prompts x {images_per_prompt} images")
+    from ..reneg.shapeworld import caption_kind
+
     kinds: dict = {}
     for index, hit in enumerate(hits):
-        prompt = prompts[(index % per_seed) // images_per_prompt]
-        kinds.setdefault("and" if " and " in f" {prompt} " else "relation", []).append(bool(hit))
+        kinds.setdefault(caption_kind(prompts[(index % per_seed) // images_per_prompt]), []).append(bool(hit))
     return {kind: (float(np.mean(values)), len(values)) for kind, values in sorted(kinds.items())}
 
 
@@ -342,15 +336,13 @@ def main(argv=None) -> None:
 
         pipe = load_pipeline(args.model) if args.model else load_bench_pipeline()
         pipe.set_progress_bar_config(disable=True)
-        prompts = (heldout_two_object_prompts(args.prompts) if args.split == "heldout" else
-                   [p for p in training_prompts() if is_two_object(p)][:args.prompts])
-        t0 = time.time()
+        from ..reneg.shapeworld import shapeworld_prompts
         from ..rewards.shapeworld import ShapeWorldReward
 
-        reward = ShapeWorldReward.from_pretrained()
-        run = (lambda: evaluate_lora(pipe, args.lora, prompts, return_details=True, reward=reward, **ev)) \
-            if args.lora else (lambda: evaluate(pipe, prompts, return_details=True, reward=reward, **ev))
-        details = run()
+        prompts = shapeworld_prompts(args.prompts, args.split, seed=1 if args.split == "heldout" else 0, kind="two-object")
+        t0 = time.time()
+        ev.update(return_details=True, reward=ShapeWorldReward.from_pretrained())
+        details = evaluate_lora(pipe, args.lora, prompts, **ev) if args.lora else evaluate(pipe, prompts, **ev)
         acc, n = details["accuracy"], details["images"]
         split = lambda key: ", ".join(f"{kind} {a:.3f}" for kind, (a, m) in  # noqa: E731
                                       accuracy_by_kind(prompts, details[key], args.images_per_prompt).items())

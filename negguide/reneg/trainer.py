@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..core.accelerate_setup import make_accelerator
-from ..core.training_io import check_writable, save_curve
+from ..core.training_io import check_writable, cosine_learning_rate, save_curve
 from ..core.families import get_adapter
 from .embedding import NegativeEmbedding, null_embedding
 from .step import decode, default_size, guided_prediction, predict_x0, sample_to_step
@@ -74,10 +74,7 @@ class ReNegConfig:
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 0 over the run."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cosine_learning_rate(self.lr, step, self.steps, self.warmup_steps)
 
 
 class EmbeddingParameters(nn.Module):
