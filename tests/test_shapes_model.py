@@ -6,7 +6,7 @@ import torch
 
 from negguide.shapes import checkpoint as ck
 from negguide.shapes.components import ModelSizes, build_pipeline, build_tokenizer, word_bpe
-from negguide.shapes.train_model import batch_for_step, ema_update
+from negguide.shapes.train_model import DEFAULT_MIX, batch_for_step, ema_update, main, mix_for_step, set_data_mix
 from negguide.shapes.world import CAPTION_WORDS
 
 SMALL = ModelSizes(text_hidden=16, text_projection=8, dit_layers=1, dit_heads=2, dit_head_dim=8, image_size=32)
@@ -44,6 +44,30 @@ def test_batches_are_a_function_of_seed_stage_and_step():
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
     assert not torch.equal(a[0], c[0])
     assert a[0].shape == (4, 3, 32, 32) and float(a[0].min()) >= -1.0 and float(a[0].max()) <= 1.0
+
+
+def test_data_mix_phases_keep_every_step_a_function_of_the_state():
+    state = {"stage": "dit", "step": 100}
+    set_data_mix(state, None, None)
+    assert "data_mix" not in state and mix_for_step(state, 100) == DEFAULT_MIX
+    set_data_mix(state, 1.0, [0, 1, 0, 0])
+    assert mix_for_step(state, 99) == DEFAULT_MIX and mix_for_step(state, 100)["pair"] == [0, 1, 0, 0]
+    state["step"] = 150
+    set_data_mix(state, None, None)  # a resume without flags keeps the phase in force
+    assert len(state["data_mix"]) == 1
+    before = batch_for_step(0, "dit", 99, 16, 32, mix_for_step(state, 99))
+    after = batch_for_step(0, "dit", 120, 16, 32, mix_for_step(state, 120))
+    assert torch.equal(before[0], batch_for_step(0, "dit", 99, 16, 32)[0])
+    # two objects always, captioned "X to the left of Y"
+    assert all(len(scene.objects) == 2 for scene in after[2])
+    assert all(c == "" or " to the left of " in c for c in after[1])
+
+
+def test_data_mix_flags_are_range_checked():
+    with pytest.raises(SystemExit):
+        main(["--two-object-prob", "1.5", "--export-only"])
+    with pytest.raises(SystemExit):
+        main(["--pair-caption-weights", "1,2,3", "--export-only"])
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_and_ema(tmp_path):

@@ -56,16 +56,47 @@ def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = 
     raise ValueError(f"only {len(out)} distinct {split} {what}captions found; ask for fewer")
 
 
+def paired_gap(a, b, groups) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired samples (the same prompt, seed and image slot under two negatives) and its
+    standard error clustered by ``groups`` (the prompt of each sample: images of one prompt are not independent),
+    i.e. the standard deviation of the per-group mean gaps over sqrt(number of groups)."""
+    a, b, groups = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(groups)
+    if a.shape != b.shape or a.shape != groups.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_gap wants three equal-length non-empty 1-D sequences, got shapes "
+                         f"{a.shape}, {b.shape}, {groups.shape}")
+    gaps = a - b
+    per_group = np.array([gaps[groups == g].mean() for g in np.unique(groups)])
+    se = float(per_group.std(ddof=1) / np.sqrt(len(per_group))) if len(per_group) > 1 else float("nan")
+    return float(gaps.mean()), se
+
+
+def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, float, float, float]]:
+    """For every row of ``judge_negatives``'s results except ``reference``: (row, reference, accuracy gap, its s.e.,
+    reward gap, its s.e.), paired per image and clustered by prompt."""
+    ref = results[reference]["samples"]
+    rows = []
+    for name, r in results.items():
+        if name == reference:
+            continue
+        s = r["samples"]
+        acc = paired_gap(s["correct"], ref["correct"], s["prompt"])
+        rew = paired_gap(s["reward"], ref["reward"], s["prompt"])
+        rows.append((name, reference, *acc, *rew))
+    return rows
+
+
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
                     guidance_scale: float = 5.0, steps: int = 20) -> dict:
     """For each negative (name -> call kwargs, or name -> {prompt: kwargs} for per-prompt embeddings): judged
-    prompt accuracy and mean reward over prompts x seeds x images, two-object prompts separately."""
+    prompt accuracy and mean reward over prompts x seeds x images, two-object prompts separately, and under
+    "samples" the per-image judgements, rewards and prompt indices (every row sees the same noise, so rows pair up
+    image by image: ``gap_table``)."""
     from ..shapes.judge import prompt_correct
 
     results = {}
     for name, spec in negatives.items():
-        correct, rewards, two = [], [], []
-        for prompt in prompts:
+        correct, rewards, two, prompt_index = [], [], [], []
+        for index, prompt in enumerate(prompts):
             kwargs = spec.get(prompt, {}) if isinstance(spec, dict) and prompt in spec else spec
             for seed in seeds:
                 images = pipe(prompt, num_images_per_prompt=images_per_prompt, num_inference_steps=steps,
@@ -73,11 +104,14 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
                               output_type="pt", max_sequence_length=0, **kwargs).images  # [n, 3, H, W] in [0, 1]
                 hits = prompt_correct(images.permute(0, 2, 3, 1).numpy(), prompt)
                 correct.extend(hits.tolist())
-                two.extend(hits.tolist() if " and " in prompt or " of " in prompt else [])
+                prompt_index.extend([index] * len(hits))
+                two.extend(hits.tolist() if caption_kind(prompt) != "one-object" else [])
                 with torch.no_grad():
                     rewards.extend(reward(images, [prompt] * len(images)).tolist())
         results[name] = {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
-                         "reward": float(np.mean(rewards)), "images": len(correct)}
+                         "reward": float(np.mean(rewards)), "images": len(correct),
+                         "samples": {"correct": [bool(c) for c in correct], "reward": [float(x) for x in rewards],
+                                     "prompt": prompt_index}}
     return results
 
 
@@ -130,6 +164,17 @@ def main(argv=None) -> None:
     print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['prompt accuracy']:.3f} | {r['two-object accuracy']:.3f} | {r['reward']:.3f} |")
+    names = list(results)
+    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
+          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
+    for reference in names[:2]:
+        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
+            if names.index(name) > names.index(ref):
+                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
+    if "ReNeg per-sample" in results:
+        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, "ReNeg global"):
+            if name == "ReNeg per-sample":
+                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import checkpoint as ck
 from .components import ModelSizes, build_pipeline
 from .judge import detect_objects
-from .world import render, sample_caption, sample_scene
+from .world import CaptionProbs, render, sample_caption, sample_scene
 
 STAGE_IDS = {"vae": 1, "dit": 2, "unet": 3}
 STOP = False  # set by SIGTERM/SIGINT: the loops save a checkpoint and return
@@ -43,11 +43,19 @@ ZERO_TOKEN_CHOICES = (0, 1, 2, 4, 8, 16, 32, 64, 256)
 ZERO_TOKEN_PROBS = (0.35, 0.06, 0.06, 0.06, 0.08, 0.08, 0.08, 0.08, 0.15)
 
 
-def batch_for_step(seed: int, stage: str, step: int, batch: int, size: int):
-    """The training batch of ``step``: (images ``[B,3,H,W]`` in [-1, 1], captions, scenes, numpy rng)."""
+#: the data mix a run starts with (sample_scene's and CaptionProbs' defaults)
+DEFAULT_MIX = {"two_object_prob": 0.4, "pair": list(CaptionProbs().pair)}
+
+
+def batch_for_step(seed: int, stage: str, step: int, batch: int, size: int, mix: dict | None = None):
+    """The training batch of ``step``: (images ``[B,3,H,W]`` in [-1, 1], captions, scenes, numpy rng).
+    ``mix`` ({"two_object_prob", "pair"}, default ``DEFAULT_MIX``) sets how often scenes hold two objects and
+    the weights of the two-object caption kinds (and, left of, right of, partial)."""
+    mix = mix or DEFAULT_MIX
     rng = np.random.default_rng([seed, STAGE_IDS[stage], step])
-    scenes = [sample_scene(rng) for _ in range(batch)]
-    captions = [sample_caption(sc, rng) for sc in scenes]
+    scenes = [sample_scene(rng, two_object_prob=mix["two_object_prob"]) for _ in range(batch)]
+    probs = CaptionProbs(pair=tuple(mix["pair"]))
+    captions = [sample_caption(sc, rng, probs) for sc in scenes]
     pixels = np.stack([render(sc, size) for sc in scenes])  # [B, H, W, 3]
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [B, 3, H, W]
     return images, captions, scenes, rng
@@ -132,6 +140,28 @@ def train_vae(pipe, args, state, deadline) -> None:
     log(f"vae done: read-back {state['vae_readback']:.4f} shift {shift:.4f} scale {scale:.4f}")
 
 
+def mix_for_step(state: dict, step: int) -> dict:
+    """The data mix of ``step``: the last phase of ``state["data_mix"]`` that starts at or before it."""
+    mix = DEFAULT_MIX
+    for phase in state.get("data_mix", []):
+        if phase["from_step"] <= step:
+            mix = phase
+    return mix
+
+
+def set_data_mix(state: dict, two_object_prob: float | None, pair: list | None) -> None:
+    """Start a new data-mix phase at the current step when the flags differ from the mix in force (a resumed
+    run keeps its recorded phases, so every step's batch stays a function of the state)."""
+    start = state["step"] if state["stage"] == "dit" else 0  # the mix is a property of the model stage's steps
+    current = mix_for_step(state, start)
+    wanted = {"two_object_prob": current["two_object_prob"] if two_object_prob is None else two_object_prob,
+              "pair": list(current["pair"]) if pair is None else list(pair)}
+    if wanted["two_object_prob"] != current["two_object_prob"] or wanted["pair"] != list(current["pair"]):
+        phases = [p for p in state.get("data_mix", []) if p["from_step"] < start]
+        state["data_mix"] = phases + [{"from_step": start, **wanted}]
+        log(f"data mix from step {start}: {wanted}")
+
+
 def sample_zero_tokens(rng: np.random.Generator) -> int:
     p = np.asarray(ZERO_TOKEN_PROBS) / sum(ZERO_TOKEN_PROBS)
     return int(ZERO_TOKEN_CHOICES[int(rng.choice(len(p), p=p))])
@@ -157,7 +187,8 @@ def train_dit(pipe, args, state, deadline) -> None:
     t_ckpt, t_eval, t_win, losses = time.time(), time.time(), time.time(), []
     while time.time() < deadline and not STOP and not (args.max_steps and state["step"] >= args.max_steps):
         step = state["step"]
-        images, captions, _, rng = batch_for_step(args.seed, "dit", step, args.batch, args.size)
+        images, captions, _, rng = batch_for_step(args.seed, "dit", step, args.batch, args.size,
+                                                  mix_for_step(state, step))
         images = images.to(args.device)
         with torch.no_grad():
             z0 = (vae.encode(images).latent_dist.mode() - shift) * scale  # [B, 4, h, w]
@@ -258,7 +289,14 @@ def main(argv=None) -> None:
                         "(epsilon or v prediction) sharing --base's VAE and text encoder (default sd3)")
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon", help="with --family sd")
     p.add_argument("--base", default="assets/shapeworld/sd3", help="with --family sd: the SD3-layout model folder")
+    p.add_argument("--two-object-prob", type=float, default=None,
+                   help="share of two-object scenes from the current step on (default: keep the run's; starts at 0.4)")
+    p.add_argument("--pair-caption-weights", type=_four_weights, default=None, metavar="AND,LEFT,RIGHT,PARTIAL",
+                   help="weights of the two-object caption kinds from the current step on, e.g. 0.25,0.3,0.3,0.15 "
+                        "(default: keep the run's; starts at 0.4,0.2,0.2,0.2)")
     args = p.parse_args(argv)
+    if args.two_object_prob is not None and not 0.0 <= args.two_object_prob <= 1.0:
+        p.error(f"--two-object-prob {args.two_object_prob} must lie in [0, 1]")
     if args.family == "sd":
         from .train_unet import export_sd, train_unet
 
@@ -286,6 +324,7 @@ def main(argv=None) -> None:
         pipe, _ = load_pipeline_from_checkpoint(args.ckpt, use_ema=False)
         log(f"resuming {state['stage']} at step {state['step']}")
     pipe.to(args.device)
+    set_data_mix(state, args.two_object_prob, args.pair_caption_weights)
     if state["stage"] == "vae":
         train_vae(pipe, args, state, deadline)
         if state["stage"] == "vae":
@@ -298,6 +337,16 @@ def main(argv=None) -> None:
         train_dit(pipe, args, state, deadline)
         if not STOP:
             export(args.ckpt, args.out)
+
+
+def _four_weights(text: str) -> list:
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != 4 or min(weights) < 0 or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 4 comma-separated non-negative weights, e.g. 0.4,0.2,0.2,0.2")
+    return weights
 
 
 def ck_sizes(sizes: ModelSizes) -> dict:
