@@ -164,3 +164,14 @@ def test_heldout_monitor_schedule_and_resume(tmp_path, monkeypatch):
     assert sw.HeldoutMonitor(str(tmp_path), 3, ["a red circle and a square"]).curve == []
     with pytest.raises(ValueError, match="every"):
         sw.HeldoutMonitor(str(tmp_path), 0, ["a circle and a square"])
+
+
+def test_eval_only_cli_reports_by_caption_kind_at_the_requested_guidance(capsys):
+    small = ["--eval-only", "--prompts", "2", "--seeds", "1000", "--images-per-prompt", "1", "--eval-steps", "2"]
+    sw.main(small)
+    cfg_free = capsys.readouterr().out
+    assert "heldout two-object accuracy " in cfg_free and "by caption:" in cfg_free and "CFG" not in cfg_free
+    sw.main([*small, "--guidance", "5"])
+    assert "two-object accuracy at CFG 5 " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sw.main([*small, "--guidance", "0.5"])

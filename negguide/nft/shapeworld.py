@@ -325,8 +325,14 @@ def main(argv=None) -> None:
                         "bundled flow model; e.g. assets/shapeworld/sd)")
     parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
                         help="with --eval-only: held-out two-object captions (default) or the first training ones")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="with --eval-only: CFG scale (default 1: CFG-free, as NFT is evaluated; e.g. 5 for the "
+                             "guided base model)")
     args = parser.parse_args(argv)
-    ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps)
+    if args.guidance < 1.0:
+        parser.error(f"--guidance {args.guidance} must be >= 1 (1 = CFG-free)")
+    ev = dict(seeds=tuple(args.seeds), images_per_prompt=args.images_per_prompt, steps=args.eval_steps,
+              guidance_scale=args.guidance)
     if args.report:
         report(*args.report, args.out)
         return
@@ -346,7 +352,8 @@ def main(argv=None) -> None:
         acc, n = details["accuracy"], details["images"]
         split = lambda key: ", ".join(f"{kind} {a:.3f}" for kind, (a, m) in  # noqa: E731
                                       accuracy_by_kind(prompts, details[key], args.images_per_prompt).items())
-        print(f"{args.split} two-object accuracy {acc:.3f} +- {standard_error(acc, n):.3f} ({n} images, "
+        cfg = "" if args.guidance == 1.0 else f" at CFG {args.guidance:g}"
+        print(f"{args.split} two-object accuracy{cfg} {acc:.3f} +- {standard_error(acc, n):.3f} ({n} images, "
               f"{time.time() - t0:.1f} s); by caption: {split('hits')}; the reward agrees with the judge on "
               f"{np.mean(details['reward_agrees']):.3f} ({split('reward_agrees')})")
         return

@@ -10,6 +10,10 @@ encoders jointly with rectified flow (logit-normal times), an EMA, and captions 
 (for classifier-free guidance). The batch of step ``k`` is a pure function of (seed, stage, k), so a run that
 is stopped and restarted from its checkpoint continues exactly. ``--export-only`` writes the EMA weights of the
 latest checkpoint as a diffusers folder loadable with ``StableDiffusion3Pipeline.from_pretrained(out)``.
+
+``--two-object-prob`` and ``--pair-caption-weights`` change the data mix from the current step on (recorded in
+the checkpoint as a phase, so resuming keeps every step's batch): the bundled model's second phase trains on more
+two-object scenes and more relation captions ("X to the left of Y"), which the first phase left at chance.
 """
 
 from __future__ import annotations
