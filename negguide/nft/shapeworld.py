@@ -182,7 +182,7 @@ def plot_curves(base: float, curves: dict, path: str, images: int, title: str = 
     ax.axhline(base, color="gray", linestyle=":", label=f"base model ({base:.3f})")
     ax.set(xlabel=f"training step ({rollouts} rollouts each)" if rollouts else "training step", ylabel="held-out two-object accuracy (CFG 1)",
            title=title or "ShapeWorld: DiffusionNFT vs positive-only", ylim=(0, 1))
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
