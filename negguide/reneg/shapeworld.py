@@ -167,13 +167,9 @@ def main(argv=None) -> None:
     names = list(results)
     print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
           "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
-    for reference in names[:2]:
+    for position, reference in enumerate(names):  # every row against every row above it
         for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
-            if names.index(name) > names.index(ref):
-                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
-    if "ReNeg per-sample" in results:
-        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, "ReNeg global"):
-            if name == "ReNeg per-sample":
+            if names.index(name) > position:
                 print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
