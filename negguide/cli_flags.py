@@ -30,7 +30,9 @@ def add_training_inputs(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--shapeworld-prompts", type=ranged(int, 1, 5000, "--shapeworld-prompts"), default=200,
                         help="without prompts, on a ShapeWorld model: this many ShapeWorld training captions "
                              "(default 200)")
-    parser.add_argument("--shapeworld-captions", choices=("all", "two-object", "relation"), default="all",
+    from .reneg.shapeworld import CAPTION_KINDS
+
+    parser.add_argument("--shapeworld-captions", choices=CAPTION_KINDS, default="all",
                         help="which ShapeWorld training captions: all (default), two-object, or relation (A to the "
                              "left of B, ...) only")
 

@@ -68,6 +68,8 @@ def test_data_mix_flags_are_range_checked():
         main(["--two-object-prob", "1.5", "--export-only"])
     with pytest.raises(SystemExit):
         main(["--pair-caption-weights", "1,2,3", "--export-only"])
+    with pytest.raises(SystemExit):
+        main(["--family", "sd", "--two-object-prob", "0.6", "--export-only"])
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_and_ema(tmp_path):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cli_flags import ranged
 from . import checkpoint as ck
 from .components import ModelSizes, build_pipeline
 from .judge import detect_objects
@@ -293,14 +294,15 @@ def main(argv=None) -> None:
                         "(epsilon or v prediction) sharing --base's VAE and text encoder (default sd3)")
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon", help="with --family sd")
     p.add_argument("--base", default="assets/shapeworld/sd3", help="with --family sd: the SD3-layout model folder")
-    p.add_argument("--two-object-prob", type=float, default=None,
+    p.add_argument("--two-object-prob", type=ranged(float, 0.0, 1.0, "--two-object-prob"), default=None,
                    help="share of two-object scenes from the current step on (default: keep the run's; starts at 0.4)")
     p.add_argument("--pair-caption-weights", type=_four_weights, default=None, metavar="AND,LEFT,RIGHT,PARTIAL",
                    help="weights of the two-object caption kinds from the current step on, e.g. 0.25,0.3,0.3,0.15 "
                         "(default: keep the run's; starts at 0.4,0.2,0.2,0.2)")
     args = p.parse_args(argv)
-    if args.two_object_prob is not None and not 0.0 <= args.two_object_prob <= 1.0:
-        p.error(f"--two-object-prob {args.two_object_prob} must lie in [0, 1]")
+    if args.family == "sd" and (args.two_object_prob is not None or args.pair_caption_weights is not None):
+        p.error("--two-object-prob / --pair-caption-weights set the SD3-layout model's data mix; --family sd trains "
+                "on the default mix")
     if args.family == "sd":
         from .train_unet import export_sd, train_unet
 
