@@ -1,7 +1,7 @@
 """The ``negguide`` command line.
 
     negguide bench [--quick] [--out DIR] [--model DIR]   ShapeWorld efficacy benchmark (table, JSON, PNG grids)
-    negguide train-reneg --out DIR [--prompts-file F] [--reward R] ...   learn a negative embedding (ReNeg)
+    negguide train-reneg --out DIR [--prompts-file F] [--reward R] [--per-sample-from G] ...   learn a negative embedding (ReNeg)
     negguide train-nft --out DIR [--prompts-file F] [--reward R] ...   fine-tune a LoRA with DiffusionNFT
     negguide generate PROMPT [--method M | --compare M1 M2 ...] [-n NEG ...] [--out DIR]   images and a grid
     negguide demo [--model M] [--port P] [--share]   the Gradio app (needs negguide[demo])

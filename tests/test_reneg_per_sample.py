@@ -58,3 +58,36 @@ def test_per_sample_bad_arguments():
         per_sample_embedding(pipe, redness, embedding, "a red circle", _config(), selection="best")
     with pytest.raises(ValueError, match="patience = 0 must be >= 1"):
         per_sample_embedding(pipe, redness, embedding, "a red circle", _config(), patience=0)
+    with pytest.raises(ValueError, match="confirm_samples = -1 must be an integer >= 0"):
+        per_sample_embedding(pipe, redness, embedding, "a red circle", _config(), confirm_samples=-1)
+
+
+def test_confirmation_keeps_the_tuned_embedding_only_if_it_also_wins_on_fresh_noise(monkeypatch):
+    pipe = get_tiny("sd")
+    global_embedding = ReNegTrainer(pipe, redness, _config(steps=1)).embedding()
+    kept = per_sample_embedding(pipe, redness, global_embedding, "a blue square", _config(), confirm_samples=2)
+    assert "kept tuned" in kept.metadata["per_sample_confirmation"]  # redness rises on any noise
+    assert not torch.equal(kept.tensors["prompt_embeds"], global_embedding.tensors["prompt_embeds"])
+
+    selection_score = ReNegTrainer.final_reward
+
+    def fresh_noise_prefers_the_global(self, prompts, seed=0):
+        if seed == 0:  # the selection: as it is
+            return selection_score(self, prompts, seed)
+        values = self.accelerator.unwrap_model(self.model).values["negative_prompt_embeds"]
+        return -float((values.detach() - global_embedding.tensors["prompt_embeds"]).abs().sum())
+
+    monkeypatch.setattr(ReNegTrainer, "final_reward", fresh_noise_prefers_the_global)
+    reverted = per_sample_embedding(pipe, redness, global_embedding, "a blue square", _config(), confirm_samples=2)
+    assert "kept global" in reverted.metadata["per_sample_confirmation"]
+    torch.testing.assert_close(reverted.tensors["prompt_embeds"], global_embedding.tensors["prompt_embeds"], rtol=0, atol=0)
+
+
+def test_load_embedding_sets_the_trained_tensors():
+    pipe = get_tiny("sd")
+    trainer = ReNegTrainer(pipe, redness, _config())
+    start = trainer.embedding()
+    trainer.train(progress=False)
+    assert not torch.equal(trainer.embedding().tensors["prompt_embeds"], start.tensors["prompt_embeds"])
+    trainer.load_embedding(start)
+    torch.testing.assert_close(trainer.embedding().tensors["prompt_embeds"], start.tensors["prompt_embeds"], rtol=0, atol=0)

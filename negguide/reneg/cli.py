@@ -10,8 +10,15 @@ examples:
   # several rewards with weights
   negguide train-reneg --reward shapeworld@1.0 --reward clip=./clip@0.1 --out runs/mix
 
+  # ReNeg's per-sample variant: the bundled global embedding tuned for each prompt (at most 10 steps each)
+  negguide train-reneg --per-sample-from assets/shapeworld/reneg/negative_embedding.safetensors \
+      --prompts "a red circle above a blue square" "a green triangle and a yellow circle" --out runs/per-sample \
+      --batch-size 16 --lr 3e-2 --confirm-samples 32
+
 A run resumes from OUT/checkpoint when it exists; it writes OUT/negative_embedding.safetensors and
-OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).negative_kwargs().
+OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).negative_kwargs(). A per-sample run
+writes OUT/per_sample/ (one file per prompt and prompts.json; it resumes prompt by prompt): load it with
+negguide.reneg.load_per_sample(folder, pipe).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import fields
 from ..cli_flags import add_training_inputs, ranged, read_training_prompts
 from .trainer import ReNegConfig
 
+PER_SAMPLE_STEPS = 10  # the paper's per-sample budget
 FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "guidance_scale", "num_inference_steps",
          "late_steps", "gradient_accumulation_steps", "checkpoint_every", "seed")
 
@@ -71,14 +79,29 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
     parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--per-sample-from", default=None, metavar="GLOBAL.safetensors",
+                        help="per-sample variant: tune this global embedding for each prompt instead of training one")
+    parser.add_argument("--patience", type=ranged(int, 1, 100, "--patience"), default=None,
+                        help="per-sample: stop after this many steps without a better reward (default 3)")
+    parser.add_argument("--selection", choices=("final", "step"), default=None,
+                        help="per-sample: score steps by complete samples (final, default) or the one-step objective")
+    parser.add_argument("--confirm-samples", type=ranged(int, 0, 1024, "--confirm-samples"), default=None,
+                        help="per-sample: keep a tuned embedding only if it also wins on this many fresh samples "
+                             "(default 0: off)")
     specs = {f.name: f for f in fields(ReNegConfig)}
     for name in FLAGS:
         meta, default = specs[name].metadata, specs[name].default
         kind = int if isinstance(default, int) else float
         low, high = meta.get("min", -2**63), meta.get("max", 2**63)
+        shown = f"{default}; {PER_SAMPLE_STEPS} with --per-sample-from" if name == "steps" else default
         parser.add_argument("--" + name.replace("_", "-"), type=ranged(kind, low, high, "--" + name.replace("_", "-")),
-                            default=default, help=f"{meta.get('help', '')} (default {default})")
+                            default=None if name == "steps" else default, help=f"{meta.get('help', '')} (default {shown})")
     args = parser.parse_args(argv)
+    per_sample_flags = [f for f in ("patience", "selection", "confirm_samples") if getattr(args, f) is not None]
+    if per_sample_flags and not args.per_sample_from:
+        parser.error(f"--{per_sample_flags[0].replace('_', '-')} is for the per-sample variant: add --per-sample-from GLOBAL")
+    if args.steps is None:
+        args.steps = PER_SAMPLE_STEPS if args.per_sample_from else specs["steps"].default
 
     prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
@@ -95,6 +118,16 @@ def main(argv=None) -> None:
     if args.model is not None and os.path.exists(args.model) is False and "/" not in args.model:
         raise ValueError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
     pipe = PerpNegPipeline.from_pretrained(model)
+    if args.per_sample_from:
+        from .embedding import NegativeEmbedding
+        from .per_sample import fit_per_sample
+
+        folder = os.path.join(args.out, "per_sample")
+        tuned = fit_per_sample(pipe, reward, NegativeEmbedding.load(args.per_sample_from, pipe), config, folder,
+                               patience=args.patience or 3, selection=args.selection or "final",
+                               confirm_samples=args.confirm_samples or 0)
+        print(f"wrote {len(tuned)} per-sample embeddings to {folder} (load: negguide.reneg.load_per_sample)")
+        return
     trainer = ReNegTrainer(pipe, reward, config)
     embedding = trainer.train()
     embedding.metadata["base_model"] = model if args.model else "negguide ShapeWorld (assets/shapeworld/sd3)"

@@ -134,6 +134,9 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample-selection", choices=("final", "step"), default="final",
                         help="per-sample early stopping on the reward of complete samples (final, default) or of the "
                              "one-step training objective (step)")
+    parser.add_argument("--per-sample-confirm", type=ranged(int, 0, 1024, "--per-sample-confirm"), default=0,
+                        help="keep a per-sample embedding only if it also beats the global one on this many complete "
+                             "samples with fresh noise (default 0: no confirmation)")
     parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=20,
                         help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 20: "
                              "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
@@ -148,16 +151,21 @@ def main(argv=None) -> None:
     negatives = {"empty negative": {"negative_prompt": ""}, f'hand-written "{HAND_WRITTEN}"': {"negative_prompt": HAND_WRITTEN},
                  "ReNeg global": learned.negative_kwargs()}
     if args.per_sample:
-        from .trainer import ReNegConfig, per_sample_embedding
+        from .per_sample import per_sample_embedding
+        from .trainer import ReNegConfig
 
         config = ReNegConfig(prompts=prompts[:1], steps=args.per_sample_steps, batch_size=args.per_sample_batch,
                              lr=args.per_sample_lr, seed=7, late_steps=args.per_sample_late_steps,
                              pipeline_kwargs={"max_sequence_length": 0})
         from tqdm.auto import tqdm
 
-        negatives["ReNeg per-sample"] = {p: per_sample_embedding(pipe, reward, learned, p, config,
-                                                                  selection=args.per_sample_selection).negative_kwargs()
-                                         for p in tqdm(prompts, desc="per-sample embeddings")}
+        tuned = {p: per_sample_embedding(pipe, reward, learned, p, config, selection=args.per_sample_selection,
+                                         confirm_samples=args.per_sample_confirm)
+                 for p in tqdm(prompts, desc="per-sample embeddings")}
+        kept = sum(not all(torch.equal(e.tensors[k], learned.tensors[k])
+                                                                    for k in learned.tensors) for e in tuned.values())
+        print(f"per-sample: a tuned embedding differs from the global one for {kept} of {len(prompts)} prompts")
+        negatives["ReNeg per-sample"] = {p: e.negative_kwargs() for p, e in tuned.items()}
     seeds = tuple(range(50_000, 50_000 + args.seeds))
     results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds)
     print(f"{len(prompts)} held-out prompts x {len(seeds)} seeds x 4 images")

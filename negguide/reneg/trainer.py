@@ -227,6 +227,17 @@ class ReNegTrainer:
             save_curve(self.history, "reward", os.path.join(c.output_dir, "reward_curve.png"), "ReNeg training")
         return embedding
 
+    @torch.no_grad()
+    def load_embedding(self, embedding: NegativeEmbedding) -> None:
+        """Set the trained tensors to ``embedding``'s (checked against the pipeline; the optimizer is left as is)."""
+        embedding.check_compatible(self.pipe)
+        values = self.accelerator.unwrap_model(self.model).values
+        for arg, tensor in embedding.negative_kwargs().items():
+            if arg not in values or values[arg].shape != tensor.shape:
+                raise ValueError(f"{arg} of shape {tuple(tensor.shape)} does not match the trained "
+                                 f"{tuple(values[arg].shape) if arg in values else 'tensors'}")
+            values[arg].copy_(tensor.to(values[arg].device, values[arg].dtype))
+
     def embedding(self) -> NegativeEmbedding:
         values = self.accelerator.unwrap_model(self.model).values
         names = {"negative_prompt_embeds": "prompt_embeds", "negative_pooled_prompt_embeds": "pooled_prompt_embeds"}
@@ -288,37 +299,6 @@ def _check_reward(rewards, batch: int, grad: bool = True) -> None:
         raise ValueError("the reward returned no gradient: it must be differentiable w.r.t. the images")
     if not torch.isfinite(rewards).all():
         raise ValueError("the reward returned NaN or infinite values")
-
-
-def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prompt: str, config: ReNegConfig,
-                         patience: int = 3, selection: str = "final") -> NegativeEmbedding:
-    """ReNeg's per-sample variant: a few more steps from the global embedding on one prompt (the paper: at most
-    ``config.steps`` = 10), keeping the best and stopping after ``patience`` steps without improvement.
-
-    ``selection`` is what "best" is measured on: "final" (default) the mean reward of ``config.batch_size``
-    complete samples of the prompt with fixed noise (what the embedding is for), "step" the training objective
-    on step 0's plan (one denoiser step from a random late step: cheaper, noisier)."""
-    from dataclasses import replace
-
-    if patience < 1:
-        raise ValueError(f"patience = {patience} must be >= 1")
-    if selection not in ("final", "step"):
-        raise ValueError(f"selection = {selection!r} must be 'final' or 'step'")
-    config = replace(config, prompts=[prompt], output_dir=None, warmup_steps=0)
-    trainer = ReNegTrainer(pipe, reward, config, init=global_embedding)
-    score = (lambda: trainer.final_reward([prompt] * config.batch_size)) if selection == "final" else (lambda: trainer.evaluate(0))
-    best = NegativeEmbedding(global_embedding.family, dict(global_embedding.tensors), dict(global_embedding.metadata))
-    best_reward, since = score(), 0
-    while trainer.step < config.steps and since < patience:
-        trainer.train_step()
-        value = score()
-        if value > best_reward:
-            best_reward, best, since = value, trainer.embedding(), 0
-        else:
-            since += 1
-    best.metadata["per_sample_prompt"] = prompt
-    best.metadata["per_sample_reward"] = f"{best_reward:.6f} ({selection})"
-    return best
 
 
 def _sequence_tokens(pipe, max_sequence_length: int) -> int:
