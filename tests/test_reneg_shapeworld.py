@@ -66,3 +66,18 @@ def test_judge_negatives_rows_share_noise_so_identical_negatives_pair_exactly():
     rows = {name: (acc, rew) for name, _, acc, _, rew, _ in gap_table(results, "empty")}
     assert rows["empty again"] == (0.0, 0.0)  # same noise, same negative: the same images
     assert rows["other"][1] != 0.0  # a different negative changes the images and so the reward
+
+
+def test_comparison_command_end_to_end_with_per_sample(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main
+
+    out = tmp_path / "compare.json"
+    main(["--prompts", "1", "--seeds", "1", "--per-sample", "--per-sample-steps", "1", "--per-sample-batch", "2",
+          "--per-sample-confirm", "2", "--per-sample-reward", "log-probability", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "of 1 prompts" in printed and "| ReNeg per-sample | ReNeg global |" in printed
+    results = json.loads(out.read_text())
+    assert list(results) == ["empty negative", 'hand-written "a shape and a shape"', "ReNeg global", "ReNeg per-sample"]
+    assert all(r["images"] == 4 and 0.0 <= r["prompt accuracy"] <= 1.0 for r in results.values())

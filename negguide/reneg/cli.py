@@ -13,7 +13,7 @@ examples:
   # ReNeg's per-sample variant: the bundled global embedding tuned for each prompt (at most 10 steps each)
   negguide train-reneg --per-sample-from assets/shapeworld/reneg/negative_embedding.safetensors \
       --prompts "a red circle above a blue square" "a green triangle and a yellow circle" --out runs/per-sample \
-      --batch-size 16 --lr 3e-2 --confirm-samples 32
+      --lr 3e-2 --late-steps 20
 
 A run resumes from OUT/checkpoint when it exists; it writes OUT/negative_embedding.safetensors and
 OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).negative_kwargs(). A per-sample run

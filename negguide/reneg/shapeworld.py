@@ -122,6 +122,7 @@ def main(argv=None) -> None:
     from .embedding import NegativeEmbedding
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a ShapeWorld model folder (default: the bundled one)")
     parser.add_argument("--embedding", default=BUNDLED, help="a learned global negative embedding (.safetensors; "
                         "default: the bundled one)")
     parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it")
@@ -134,6 +135,9 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample-selection", choices=("final", "step"), default="final",
                         help="per-sample early stopping on the reward of complete samples (final, default) or of the "
                              "one-step training objective (step)")
+    parser.add_argument("--per-sample-reward", choices=("probability", "log-probability"), default="probability",
+                        help="what per-sample tuning maximises: the judged probability (default, the global embedding's "
+                             "reward) or its log, whose gradient does not vanish on failed images")
     parser.add_argument("--per-sample-confirm", type=ranged(int, 0, 1024, "--per-sample-confirm"), default=0,
                         help="keep a per-sample embedding only if it also beats the global one on this many complete "
                              "samples with fresh noise (default 0: no confirmation)")
@@ -144,7 +148,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    pipe = load_bench_pipeline()
+    pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
     learned = NegativeEmbedding.load(args.embedding, pipe)
     prompts = shapeworld_prompts(args.prompts, "heldout", seed=1)
@@ -159,7 +163,8 @@ def main(argv=None) -> None:
                              pipeline_kwargs={"max_sequence_length": 0})
         from tqdm.auto import tqdm
 
-        tuned = {p: per_sample_embedding(pipe, reward, learned, p, config, selection=args.per_sample_selection,
+        tuning_reward = reward if args.per_sample_reward == "probability" else ShapeWorldReward.from_pretrained(log_prob=True)
+        tuned = {p: per_sample_embedding(pipe, tuning_reward, learned, p, config, selection=args.per_sample_selection,
                                          confirm_samples=args.per_sample_confirm)
                  for p in tqdm(prompts, desc="per-sample embeddings")}
         kept = sum(not all(torch.equal(e.tensors[k], learned.tensors[k])
