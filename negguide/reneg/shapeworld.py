@@ -145,13 +145,14 @@ def main(argv=None) -> None:
                         help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 20: "
                              "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
+    parser.add_argument("--prompt-seed", type=int, default=1, help="which sample of held-out captions (default 1)")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
     learned = NegativeEmbedding.load(args.embedding, pipe)
-    prompts = shapeworld_prompts(args.prompts, "heldout", seed=1)
+    prompts = shapeworld_prompts(args.prompts, "heldout", seed=args.prompt_seed)
     negatives = {"empty negative": {"negative_prompt": ""}, f'hand-written "{HAND_WRITTEN}"': {"negative_prompt": HAND_WRITTEN},
                  "ReNeg global": learned.negative_kwargs()}
     if args.per_sample:
