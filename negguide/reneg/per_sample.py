@@ -39,7 +39,7 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
     config = replace(config, prompts=[prompt], output_dir=None, warmup_steps=0)
     trainer = ReNegTrainer(pipe, reward, config, init=global_embedding)
     score = (lambda: trainer.final_reward([prompt] * config.batch_size)) if selection == "final" else (lambda: trainer.evaluate(0))
-    best = NegativeEmbedding(global_embedding.family, dict(global_embedding.tensors), dict(global_embedding.metadata))
+    best = _copy(global_embedding)
     best_reward, since = score(), 0
     while trainer.step < config.steps and since < patience:
         trainer.train_step()
@@ -54,7 +54,7 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
             trainer.load_embedding(candidate)
             scores.append(trainer.final_reward([prompt] * confirm_samples, seed=1))  # noise unseen by the selection
         if scores[1] <= scores[0]:
-            best = NegativeEmbedding(global_embedding.family, dict(global_embedding.tensors), dict(global_embedding.metadata))
+            best = _copy(global_embedding)
         best.metadata["per_sample_confirmation"] = (f"global {scores[0]:.6f}, tuned {scores[1]:.6f} on {confirm_samples} "
                                                     f"fresh samples: kept {'tuned' if scores[1] > scores[0] else 'global'}")
     best.metadata["per_sample_prompt"] = prompt
@@ -98,6 +98,11 @@ def load_per_sample(folder: str, pipe=None) -> dict:
         raise ValueError(f"{folder!r} has no {INDEX}: not a per-sample folder (write one with "
                          "negguide train-reneg --per-sample-from GLOBAL)")
     return {prompt: NegativeEmbedding.load(os.path.join(folder, name), pipe) for prompt, name in _read_index(index_path).items()}
+
+
+def _copy(embedding: NegativeEmbedding) -> NegativeEmbedding:
+    """A new NegativeEmbedding sharing the tensors (never modified in place) with its own metadata dict."""
+    return NegativeEmbedding(embedding.family, dict(embedding.tensors), dict(embedding.metadata))
 
 
 def _read_index(path: str) -> dict:

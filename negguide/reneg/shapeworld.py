@@ -168,8 +168,7 @@ def main(argv=None) -> None:
         tuned = {p: per_sample_embedding(pipe, tuning_reward, learned, p, config, selection=args.per_sample_selection,
                                          confirm_samples=args.per_sample_confirm)
                  for p in tqdm(prompts, desc="per-sample embeddings")}
-        kept = sum(not all(torch.equal(e.tensors[k], learned.tensors[k])
-                                                                    for k in learned.tensors) for e in tuned.values())
+        kept = sum(any(not torch.equal(e.tensors[k], learned.tensors[k]) for k in learned.tensors) for e in tuned.values())
         print(f"per-sample: a tuned embedding differs from the global one for {kept} of {len(prompts)} prompts")
         negatives["ReNeg per-sample"] = {p: e.negative_kwargs() for p, e in tuned.items()}
     seeds = tuple(range(50_000, 50_000 + args.seeds))
