@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 
 
 def check_writable(folder: str) -> None:
-    """Create ``folder`` and write a probe file in it; a ValueError naming the folder if that fails."""
+    """Create ``folder`` and write a probe file in it; a ValueError naming the folder if that fails. The probe has
+    a unique name, so the processes of one accelerate run may check the same folder at once."""
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".write_test") as probe:
+            probe.write("ok")
     except OSError as error:
         raise ValueError(f"output folder {folder!r} is not writable ({error.strerror}); choose another") from None
 
