@@ -28,6 +28,7 @@ import os
 from dataclasses import fields
 
 from ..cli_flags import add_training_inputs, ranged, read_training_prompts
+from .per_sample import SELECTIONS
 from .trainer import ReNegConfig
 
 PER_SAMPLE_STEPS = 10  # the paper's per-sample budget
@@ -83,7 +84,7 @@ def main(argv=None) -> None:
                         help="per-sample variant: tune this global embedding for each prompt instead of training one")
     parser.add_argument("--patience", type=ranged(int, 1, 100, "--patience"), default=None,
                         help="per-sample: stop after this many steps without a better reward (default 3)")
-    parser.add_argument("--selection", choices=("final", "step"), default=None,
+    parser.add_argument("--selection", choices=SELECTIONS, default=None,
                         help="per-sample: score steps by complete samples (final, default) or the one-step objective")
     parser.add_argument("--confirm-samples", type=ranged(int, 0, 1024, "--confirm-samples"), default=None,
                         help="per-sample: keep a tuned embedding only if it also wins on this many fresh samples "
@@ -97,9 +98,10 @@ def main(argv=None) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=ranged(kind, low, high, "--" + name.replace("_", "-")),
                             default=None if name == "steps" else default, help=f"{meta.get('help', '')} (default {shown})")
     args = parser.parse_args(argv)
-    per_sample_flags = [f for f in ("patience", "selection", "confirm_samples") if getattr(args, f) is not None]
-    if per_sample_flags and not args.per_sample_from:
-        parser.error(f"--{per_sample_flags[0].replace('_', '-')} is for the per-sample variant: add --per-sample-from GLOBAL")
+    per_sample_options = {f: getattr(args, f) for f in ("patience", "selection", "confirm_samples") if getattr(args, f) is not None}
+    if per_sample_options and not args.per_sample_from:
+        parser.error(f"--{next(iter(per_sample_options)).replace('_', '-')} is for the per-sample variant: add "
+                     "--per-sample-from GLOBAL")
     if args.steps is None:
         args.steps = PER_SAMPLE_STEPS if args.per_sample_from else specs["steps"].default
 
@@ -124,8 +126,7 @@ def main(argv=None) -> None:
 
         folder = os.path.join(args.out, "per_sample")
         tuned = fit_per_sample(pipe, reward, NegativeEmbedding.load(args.per_sample_from, pipe), config, folder,
-                               patience=args.patience or 3, selection=args.selection or "final",
-                               confirm_samples=args.confirm_samples or 0)
+                               **per_sample_options)  # flags not given: per_sample_embedding's defaults
         print(f"wrote {len(tuned)} per-sample embeddings to {folder} (load: negguide.reneg.load_per_sample)")
         return
     trainer = ReNegTrainer(pipe, reward, config)

@@ -16,6 +16,7 @@ from .embedding import NegativeEmbedding
 from .trainer import ReNegConfig, ReNegTrainer
 
 INDEX = "prompts.json"
+SELECTIONS = ("final", "step")  # what per-sample early stopping scores: complete samples, or the one-step objective
 
 
 def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prompt: str, config: ReNegConfig,
@@ -32,7 +33,7 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
     noise (the same noise for both) and kept only if it wins there too; otherwise the global embedding is returned."""
     if patience < 1:
         raise ValueError(f"patience = {patience} must be >= 1")
-    if selection not in ("final", "step"):
+    if selection not in SELECTIONS:
         raise ValueError(f"selection = {selection!r} must be 'final' or 'step'")
     if isinstance(confirm_samples, bool) or not isinstance(confirm_samples, int) or confirm_samples < 0:
         raise ValueError(f"confirm_samples = {confirm_samples!r} must be an integer >= 0 (0: no confirmation)")
@@ -63,10 +64,11 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
 
 
 def fit_per_sample(pipe, reward, global_embedding: NegativeEmbedding, config: ReNegConfig, folder: str,
-                   patience: int = 3, selection: str = "final", confirm_samples: int = 0, progress: bool = True) -> dict:
-    """``per_sample_embedding`` for every prompt of ``config.prompts``, each saved in ``folder`` as NNNN.safetensors
-    as soon as it is done, with ``prompts.json`` mapping prompt -> file. A prompt whose file is already there is
-    skipped, so an interrupted run loses at most the prompt it was on. Returns {prompt: NegativeEmbedding}."""
+                   progress: bool = True, **options) -> dict:
+    """``per_sample_embedding`` (with ``options``: patience, selection, confirm_samples) for every prompt of
+    ``config.prompts``, each saved in ``folder`` as NNNN.safetensors as soon as it is done, with ``prompts.json``
+    mapping prompt -> file. A prompt whose file is already there is skipped, so an interrupted run loses at most the
+    prompt it was on. Returns {prompt: NegativeEmbedding}."""
     from tqdm.auto import tqdm
 
     global_embedding.check_compatible(pipe)
@@ -80,8 +82,7 @@ def fit_per_sample(pipe, reward, global_embedding: NegativeEmbedding, config: Re
         if index.get(prompt) == name and os.path.isfile(path):
             tuned[prompt] = NegativeEmbedding.load(path, pipe)
             continue
-        tuned[prompt] = per_sample_embedding(pipe, reward, global_embedding, prompt, config, patience=patience,
-                                             selection=selection, confirm_samples=confirm_samples)
+        tuned[prompt] = per_sample_embedding(pipe, reward, global_embedding, prompt, config, **options)
         tuned[prompt].save(path)
         index[prompt] = name
         with open(index_path + ".tmp", "w") as f:

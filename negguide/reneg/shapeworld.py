@@ -120,6 +120,7 @@ def main(argv=None) -> None:
     from ..rewards.shapeworld import ShapeWorldReward
     from ..shapes.bench import load_bench_pipeline
     from .embedding import NegativeEmbedding
+    from .per_sample import SELECTIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a ShapeWorld model folder (default: the bundled one)")
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
                         help="per-sample learning rate (default 3e-2)")
     parser.add_argument("--per-sample-batch", type=ranged(int, 1, 256, "--per-sample-batch"), default=8,
                         help="samples per per-sample step (default 8)")
-    parser.add_argument("--per-sample-selection", choices=("final", "step"), default="final",
+    parser.add_argument("--per-sample-selection", choices=SELECTIONS, default="final",
                         help="per-sample early stopping on the reward of complete samples (final, default) or of the "
                              "one-step training objective (step)")
     parser.add_argument("--per-sample-reward", choices=("probability", "log-probability"), default="probability",
