@@ -4,12 +4,15 @@ gaps with a prompt-clustered standard error."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from negguide.reneg.shapeworld import gap_table, judge_negatives, paired_gap
+
+SD_MODEL = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "sd")
 
 
 def test_paired_gap_mean_and_prompt_clustered_standard_error():
@@ -81,3 +84,55 @@ def test_comparison_command_end_to_end_with_per_sample(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert list(results) == ["empty negative", 'hand-written "a shape and a shape"', "ReNeg global", "ReNeg per-sample"]
     assert all(r["images"] == 4 and 0.0 <= r["prompt accuracy"] <= 1.0 for r in results.values())
+
+
+def test_sequence_options_only_for_families_with_t5_tokens():
+    from types import SimpleNamespace
+
+    from negguide.reneg.shapeworld import sequence_kwargs
+
+    assert sequence_kwargs(SimpleNamespace(family="sd3")) == {"max_sequence_length": 0}
+    assert sequence_kwargs(SimpleNamespace(family="flux")) == {"max_sequence_length": 0}
+    assert sequence_kwargs(SimpleNamespace(family="sd")) == {}
+
+
+def test_comparison_command_without_a_bundled_embedding_for_the_family_asks_for_one(monkeypatch, capsys):
+    from negguide.reneg import shapeworld
+
+    monkeypatch.setattr(shapeworld, "BUNDLED_EMBEDDINGS", {"sd": shapeworld.BUNDLED_EMBEDDINGS["sd"]})
+    with pytest.raises(SystemExit):
+        shapeworld.main(["--prompts", "1", "--seeds", "1"])  # the bundled SD3 model, its embedding "missing"
+    assert "no bundled embedding for a sd3 model; pass --embedding" in capsys.readouterr().err
+
+
+def test_comparison_command_on_the_sd_unet_model_uses_its_own_bundled_embedding(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main, shapeworld_prompts
+
+    out, grid = tmp_path / "compare_sd.json", tmp_path / "grid.png"
+    main(["--model", SD_MODEL, "--prompts", "2", "--seeds", "1", "--split", "train", "--grid", str(grid),
+          "--out", str(out)])
+    assert "2 training prompts x 1 seeds" in capsys.readouterr().out and grid.exists()
+    assert set(shapeworld_prompts(2, "train", seed=1)).isdisjoint(shapeworld_prompts(100, "heldout", seed=1))
+    results = json.loads(out.read_text())
+    assert list(results)[-1] == "ReNeg global" and all(r["images"] == 8 for r in results.values())
+    # the learned embedding changes the images: its rewards differ from the empty negative's
+    assert results["ReNeg global"]["samples"]["reward"] != results["empty negative"]["samples"]["reward"]
+
+
+def test_comparison_grid_has_a_row_per_prompt_and_a_block_per_negative(tmp_path):
+    from PIL import Image
+
+    from negguide.reneg.shapeworld import comparison_grid
+
+    images = {name: [torch.rand(4, 3, 16, 16) for _ in range(3)] for name in ("empty", "learned")}
+    path = comparison_grid(["a red circle", "a shape", "a blue square above a green triangle"], images,
+                           str(tmp_path / "sub" / "grid.png"), per_negative=2, scale=2)
+    grid = Image.open(path)
+    # label column 250 + 2 negatives x (2 images x (32 + 2) + 12); header 18 + 3 rows x (32 + 12 + 4)
+    assert grid.size == (250 + 2 * (2 * 34 + 12), 18 + 3 * 48)
+    pixels = np.asarray(grid.convert("RGB"))
+    tile = (images["learned"][1][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    x, y = 250 + (2 * 34 + 12), 18 + 48  # "learned", second prompt, first image (nearest-neighbour x2)
+    assert np.array_equal(pixels[y:y + 32:2, x:x + 32:2], tile)

@@ -53,3 +53,13 @@ def save_curve(history: list, key: str, path: str, title: str = "training") -> s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def first_last_means(history: list, key: str) -> tuple:
+    """(mean of ``key`` over the first tenth of ``history``'s rows, over the last tenth, rows per tenth): one step's
+    value is one noisy batch, so a run's summary compares tenths, not its first and last steps."""
+    if not history:
+        raise ValueError("first_last_means needs at least one history row")
+    n = max(1, len(history) // 10)
+    mean = lambda rows: sum(float(row[key]) for row in rows) / len(rows)  # noqa: E731
+    return mean(history[:n]), mean(history[-n:]), n

@@ -96,7 +96,7 @@ def main(argv=None) -> None:
                        **{f.name: getattr(args, f.name) for f in _ranged_fields()})
     if args.model is not None and not os.path.exists(args.model) and args.model.count("/") != 1:
         raise ValueError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
-    from ..core.training_io import check_writable
+    from ..core.training_io import check_writable, first_last_means
 
     check_writable(args.out)  # before loading anything
     from ..reneg.cli import build_reward
@@ -126,14 +126,13 @@ def main(argv=None) -> None:
     except TrainingDiverged as error:
         raise SystemExit(f"negguide train-nft: {error}") from None
     if trainer.accelerator.is_main_process and history:
-        n = max(1, len(history) // 10)  # mean of the first and the last tenth of the steps: one step is noisy
-        mean = lambda rows, key: sum(h[key] for h in rows) / len(rows)  # noqa: E731
-        first, last = history[:n], history[-n:]
-        extra = (f", accuracy {mean(first, 'accuracy'):.3f} -> {mean(last, 'accuracy'):.3f}"
-                 if all("accuracy" in h for h in first + last) else "")
+        first, last, n = first_last_means(history, "reward")
+        extra = ""
+        if all("accuracy" in h for h in history[:n] + history[-n:]):
+            extra = ", accuracy {:.3f} -> {:.3f}".format(*first_last_means(history, "accuracy")[:2])
         print(f"wrote {os.path.join(args.out, 'lora')} and {os.path.join(args.out, 'reward_curve.png')} "
-              f"(rollout reward, mean of the first / last {n} steps: {mean(first, 'reward'):.3f} -> "
-              f"{mean(last, 'reward'):.3f}{extra}; {trainer.step} steps)")
+              f"(rollout reward, mean of the first / last {n} steps: {first:.3f} -> {last:.3f}{extra}; "
+              f"{trainer.step} steps)")
         if monitor is not None and monitor.curve:
             print(f"held-out two-object accuracy: {monitor.curve[0][1]:.3f} (step {monitor.curve[0][0]}) -> "
                   f"{monitor.curve[-1][1]:.3f} (step {monitor.curve[-1][0]}), best {max(a for _, a in monitor.curve):.3f};"

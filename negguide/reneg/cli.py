@@ -114,6 +114,7 @@ def main(argv=None) -> None:
     reward = build_reward(args.reward)
     from ..perpneg.pipeline import PerpNegPipeline
     from ..shapes.bench import DEFAULT_MODEL
+    from ..core.training_io import first_last_means
     from .trainer import ReNegTrainer
 
     model = args.model or os.path.abspath(DEFAULT_MODEL)
@@ -134,5 +135,6 @@ def main(argv=None) -> None:
     embedding.metadata["base_model"] = model if args.model else "negguide ShapeWorld (assets/shapeworld/sd3)"
     if trainer.accelerator.is_main_process:
         path = embedding.save(os.path.join(args.out, "negative_embedding.safetensors"))
+        first, last, n = first_last_means(trainer.history, "reward")
         print(f"wrote {path} and {os.path.join(args.out, 'reward_curve.png')} "
-              f"(reward {trainer.history[0]['reward']:.3f} -> {trainer.history[-1]['reward']:.3f})")
+              f"(reward, mean of the first / last {n} steps: {first:.3f} -> {last:.3f})")

@@ -4,6 +4,7 @@ Prompts are ShapeWorld captions (half of them two-object, where the bundled mode
 the text: a held-out prompt never appears in training.
 
     python -m negguide.reneg.shapeworld --per-sample --prompts 48 --seeds 3 --out outputs/reneg_shapeworld.json
+    python -m negguide.reneg.shapeworld --model assets/shapeworld/sd --per-sample   # the SD (UNet) model
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import textwrap
 import zlib
 
 import numpy as np
@@ -18,9 +20,19 @@ import torch
 
 from ..shapes.world import CaptionProbs, sample_caption, sample_scene
 
-HAND_WRITTEN = "a shape and a shape"
-BUNDLED = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld", "reneg", "negative_embedding.safetensors")  # a user's guess at what to avoid: extra objects
+HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
+_ASSETS = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld")
+#: the bundled learned embedding of each bundled model family (sd3: ``assets/shapeworld/sd3``, sd: ``.../sd``)
+BUNDLED_EMBEDDINGS = {"sd3": os.path.join(_ASSETS, "reneg", "negative_embedding.safetensors"),
+                      "sd": os.path.join(_ASSETS, "reneg", "sd", "negative_embedding.safetensors")}
+BUNDLED = BUNDLED_EMBEDDINGS["sd3"]
 SPLITS = ("train", "heldout")
+
+
+def sequence_kwargs(pipe) -> dict:
+    """Call options the family needs on a ShapeWorld model: no T5 tokens for SD3/Flux (the bundled SD3 model was
+    trained with 0..256 of them; 0 is faster), nothing for SD."""
+    return {"max_sequence_length": 0} if pipe.family in ("sd3", "flux") else {}
 
 
 CAPTION_KINDS = ("all", "two-object", "relation")
@@ -86,11 +98,11 @@ def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, floa
 
 
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
-                    guidance_scale: float = 5.0, steps: int = 20) -> dict:
+                    guidance_scale: float = 5.0, steps: int = 20, on_images=None) -> dict:
     """For each negative (name -> call kwargs, or name -> {prompt: kwargs} for per-prompt embeddings): judged
     prompt accuracy and mean reward over prompts x seeds x images, two-object prompts separately, and under
     "samples" the per-image judgements, rewards and prompt indices (every row sees the same noise, so rows pair up
-    image by image: ``gap_table``)."""
+    image by image: ``gap_table``). ``on_images(name, prompt_index, seed, images)``, if given, sees every batch."""
     from ..shapes.judge import prompt_correct
 
     results = {}
@@ -101,7 +113,9 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
             for seed in seeds:
                 images = pipe(prompt, num_images_per_prompt=images_per_prompt, num_inference_steps=steps,
                               guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
-                              output_type="pt", max_sequence_length=0, **kwargs).images  # [n, 3, H, W] in [0, 1]
+                              output_type="pt", **sequence_kwargs(pipe), **kwargs).images  # [n, 3, H, W] in [0, 1]
+                if on_images is not None:
+                    on_images(name, index, seed, images)
                 hits = prompt_correct(images.permute(0, 2, 3, 1).numpy(), prompt)
                 correct.extend(hits.tolist())
                 prompt_index.extend([index] * len(hits))
@@ -115,6 +129,38 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
     return results
 
 
+def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 2, scale: int = 2) -> str:
+    """A PNG with one row per prompt and, side by side, the first ``per_negative`` images of each negative
+    (``images[name][i]``: ``[n, 3, H, W]`` in [0, 1] of prompt ``i``), with the judge's reading under every image;
+    returns ``path``."""
+    from PIL import Image, ImageDraw
+
+    from ..shapes.bench import judge_reading
+
+    names = list(images)
+    n, (_, _, h, w) = per_negative, images[names[0]][0].shape
+    h, w = h * scale, w * scale
+    label_w, head, foot, gap = 250, 18, 12, 12
+    block = n * (w + 2) + gap
+    canvas = Image.new("RGB", (label_w + len(names) * block, head + len(prompts) * (h + foot + 4)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, name in enumerate(names):
+        draw.text((label_w + k * block, 3), name[:block // 6], fill="black")
+    for r, prompt in enumerate(prompts):
+        y = head + r * (h + foot + 4)
+        draw.multiline_text((4, y + h // 2 - 12), textwrap.fill(prompt, label_w // 6), fill="black")
+        for k, name in enumerate(names):
+            for c, img in enumerate(images[name][r][:n]):
+                array = img.permute(1, 2, 0).clamp(0, 1).numpy()
+                tile = Image.fromarray((array * 255).round().astype("uint8")).resize((w, h), Image.NEAREST)
+                x = label_w + k * block + c * (w + 2)
+                canvas.paste(tile, (x, y))
+                draw.text((x, y + h), judge_reading(array)[: w // 6], fill=(90, 90, 90))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def main(argv=None) -> None:
     from ..cli_flags import ranged
     from ..rewards.shapeworld import ShapeWorldReward
@@ -124,8 +170,8 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a ShapeWorld model folder (default: the bundled one)")
-    parser.add_argument("--embedding", default=BUNDLED, help="a learned global negative embedding (.safetensors; "
-                        "default: the bundled one)")
+    parser.add_argument("--embedding", default=None, help="a learned global negative embedding (.safetensors; "
+                        "default: the bundled one of the model's family)")
     parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it")
     parser.add_argument("--per-sample-steps", type=ranged(int, 1, 100, "--per-sample-steps"), default=10,
                         help="at most this many steps per prompt (the paper: 10; default 10)")
@@ -147,13 +193,22 @@ def main(argv=None) -> None:
                              "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
     parser.add_argument("--prompt-seed", type=int, default=1, help="which sample of held-out captions (default 1)")
+    parser.add_argument("--split", choices=SPLITS, default="heldout",
+                        help="judge on held-out captions (default) or on training captions (to choose between runs "
+                             "without looking at the held-out ones)")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here")
+    parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
+                        help="prompts (rows) in the --grid picture (default 8)")
     args = parser.parse_args(argv)
     pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
-    learned = NegativeEmbedding.load(args.embedding, pipe)
-    prompts = shapeworld_prompts(args.prompts, "heldout", seed=args.prompt_seed)
+    embedding = args.embedding or BUNDLED_EMBEDDINGS.get(pipe.family)
+    if embedding is None:
+        parser.error(f"no bundled embedding for a {pipe.family} model; pass --embedding FILE (negguide train-reneg)")
+    learned = NegativeEmbedding.load(embedding, pipe)
+    prompts = shapeworld_prompts(args.prompts, args.split, seed=args.prompt_seed)
     negatives = {"empty negative": {"negative_prompt": ""}, f'hand-written "{HAND_WRITTEN}"': {"negative_prompt": HAND_WRITTEN},
                  "ReNeg global": learned.negative_kwargs()}
     if args.per_sample:
@@ -162,7 +217,7 @@ def main(argv=None) -> None:
 
         config = ReNegConfig(prompts=prompts[:1], steps=args.per_sample_steps, batch_size=args.per_sample_batch,
                              lr=args.per_sample_lr, seed=7, late_steps=args.per_sample_late_steps,
-                             pipeline_kwargs={"max_sequence_length": 0})
+                             pipeline_kwargs=sequence_kwargs(pipe))
         from tqdm.auto import tqdm
 
         tuning_reward = reward if args.per_sample_reward == "probability" else ShapeWorldReward.from_pretrained(log_prob=True)
@@ -173,11 +228,20 @@ def main(argv=None) -> None:
         print(f"per-sample: a tuned embedding differs from the global one for {kept} of {len(prompts)} prompts")
         negatives["ReNeg per-sample"] = {p: e.negative_kwargs() for p, e in tuned.items()}
     seeds = tuple(range(50_000, 50_000 + args.seeds))
-    results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds)
-    print(f"{len(prompts)} held-out prompts x {len(seeds)} seeds x 4 images")
+    shown: dict = {}
+
+    def keep(name, index, seed, images):
+        if args.grid and seed == seeds[0] and index < args.grid_prompts:
+            shown.setdefault(name, []).append(images)
+
+    results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds, on_images=keep)
+    if args.grid:
+        print(f"wrote {comparison_grid(prompts[:args.grid_prompts], shown, args.grid)}")
+    print(f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x {len(seeds)} seeds x 4 images")
     print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['prompt accuracy']:.3f} | {r['two-object accuracy']:.3f} | {r['reward']:.3f} |")
+        two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
+        print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
     names = list(results)
     print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
           "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
