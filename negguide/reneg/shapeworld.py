@@ -191,8 +191,8 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=20,
                         help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 20: "
                              "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
-    parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="held-out prompts")
-    parser.add_argument("--prompt-seed", type=int, default=1, help="which sample of held-out captions (default 1)")
+    parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="captions to judge (default 24)")
+    parser.add_argument("--prompt-seed", type=int, default=1, help="which sample of captions (default 1)")
     parser.add_argument("--split", choices=SPLITS, default="heldout",
                         help="judge on held-out captions (default) or on training captions (to choose between runs "
                              "without looking at the held-out ones)")
