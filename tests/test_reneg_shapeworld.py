@@ -89,11 +89,22 @@ def test_comparison_command_end_to_end_with_per_sample(tmp_path, capsys):
 def test_sequence_options_only_for_families_with_t5_tokens():
     from types import SimpleNamespace
 
-    from negguide.reneg.shapeworld import sequence_kwargs
+    from negguide.shapes.bench import sequence_kwargs
 
     assert sequence_kwargs(SimpleNamespace(family="sd3")) == {"max_sequence_length": 0}
     assert sequence_kwargs(SimpleNamespace(family="flux")) == {"max_sequence_length": 0}
     assert sequence_kwargs(SimpleNamespace(family="sd")) == {}
+
+    class PlainSD3:  # a diffusers pipeline without negguide's family: read from its call's parameters
+        def __call__(self, prompt, max_sequence_length=256):
+            pass
+
+    class PlainSD:
+        def __call__(self, prompt, clip_skip=None):
+            pass
+
+    assert sequence_kwargs(PlainSD3()) == {"max_sequence_length": 0}
+    assert sequence_kwargs(PlainSD()) == {}
 
 
 def test_comparison_command_without_a_bundled_embedding_for_the_family_asks_for_one(monkeypatch, capsys):

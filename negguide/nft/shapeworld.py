@@ -17,7 +17,6 @@ OUT/table.md (also printed).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -63,10 +62,11 @@ def evaluate(pipe, prompts: list, seeds=(1000, 1001), images_per_prompt: int = 4
     Every image has its own generator seeded by (seed, prompt index, image index): the same noise for every model.
     Returns the accuracy (float), or with ``return_details`` a dict with the per-image hits too (and, given a
     ``reward``, whether it agrees with the judge on each image, thresholded at 0.5)."""
+    from ..shapes.bench import sequence_kwargs
     from ..shapes.judge import prompt_correct
 
     inner = _inner(pipe)
-    extra = {"max_sequence_length": 0} if "max_sequence_length" in inspect.signature(inner.__call__).parameters else {}
+    extra = sequence_kwargs(inner)
     hits, agree = [], []
     for seed in seeds:
         generators = [torch.Generator().manual_seed(int(seed) * 100_003 + i * 97 + j)

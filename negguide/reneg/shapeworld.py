@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 import torch
 
+from ..shapes.bench import sequence_kwargs
 from ..shapes.world import CaptionProbs, sample_caption, sample_scene
 
 HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
@@ -27,12 +28,6 @@ BUNDLED_EMBEDDINGS = {"sd3": os.path.join(_ASSETS, "reneg", "negative_embedding.
                       "sd": os.path.join(_ASSETS, "reneg", "sd", "negative_embedding.safetensors")}
 BUNDLED = BUNDLED_EMBEDDINGS["sd3"]
 SPLITS = ("train", "heldout")
-
-
-def sequence_kwargs(pipe) -> dict:
-    """Call options the family needs on a ShapeWorld model: no T5 tokens for SD3/Flux (the bundled SD3 model was
-    trained with 0..256 of them; 0 is faster), nothing for SD."""
-    return {"max_sequence_length": 0} if pipe.family in ("sd3", "flux") else {}
 
 
 CAPTION_KINDS = ("all", "two-object", "relation")

@@ -228,6 +228,20 @@ def save_grids(results: dict, folder: str, per_row: int = 8, scale: int = 2) -> 
     return paths
 
 
+def sequence_kwargs(pipe) -> dict:
+    """Call options a ShapeWorld model needs: no T5 tokens where the family takes them (SD3/Flux; the bundled SD3
+    model was trained with 0..256 of them and 0 is faster), nothing for SD. ``pipe``: a PerpNegPipeline (by its
+    family) or a plain diffusers pipeline (by its call's parameters)."""
+    family = getattr(pipe, "family", None)
+    if family is not None:
+        takes_tokens = family in ("sd3", "flux")
+    else:
+        import inspect
+
+        takes_tokens = "max_sequence_length" in inspect.signature(pipe.__call__).parameters
+    return {"max_sequence_length": 0} if takes_tokens else {}
+
+
 def load_bench_pipeline(model: str | None = None):
     """The bundled ShapeWorld model (or a diffusers folder) as a PerpNegPipeline, offline."""
     from ..perpneg.pipeline import PerpNegPipeline
