@@ -132,6 +132,29 @@ def test_comparison_command_on_the_sd_unet_model_uses_its_own_bundled_embedding(
     assert results["ReNeg global"]["samples"]["reward"] != results["empty negative"]["samples"]["reward"]
 
 
+def test_comparison_command_gives_each_of_several_embeddings_a_row(tmp_path, capsys):
+    import json
+    import shutil
+
+    from negguide.reneg.shapeworld import BUNDLED_EMBEDDINGS, main
+
+    bundled = BUNDLED_EMBEDDINGS["sd"]
+    copy = str(tmp_path / "copy.safetensors")
+    shutil.copy(bundled, copy)
+    out = tmp_path / "rows.json"
+    main(["--model", SD_MODEL, "--prompts", "1", "--seeds", "1", "--split", "train", "--embedding", bundled, copy,
+          "--out", str(out)])
+    results = json.loads(out.read_text())
+    rows = [f"ReNeg global ({bundled})", f"ReNeg global ({copy})"]
+    assert list(results)[2:] == rows
+    # the same tensors under two names: the same noise gives the same images, hence the same rewards
+    assert results[rows[0]]["samples"]["reward"] == results[rows[1]]["samples"]["reward"]
+    assert f"| ReNeg global ({copy}) | ReNeg global ({bundled}) | +0.000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--model", SD_MODEL, "--embedding", bundled, bundled])
+    assert "--embedding names a file twice" in capsys.readouterr().err
+
+
 def test_comparison_grid_has_a_row_per_prompt_and_a_block_per_negative(tmp_path):
     from PIL import Image
 

@@ -5,6 +5,9 @@ the text: a held-out prompt never appears in training.
 
     python -m negguide.reneg.shapeworld --per-sample --prompts 48 --seeds 3 --out outputs/reneg_shapeworld.json
     python -m negguide.reneg.shapeworld --model assets/shapeworld/sd --per-sample   # the SD (UNet) model
+    # choose between training runs on training captions, without looking at the held-out ones
+    python -m negguide.reneg.shapeworld --split train --embedding runs/a/negative_embedding.safetensors \
+        runs/b/negative_embedding.safetensors
 """
 
 from __future__ import annotations
@@ -156,6 +159,11 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
     return path
 
 
+def global_row_name(path: str, count: int) -> str:
+    """"ReNeg global" for the one learned embedding of a comparison; with several, each row names its file."""
+    return "ReNeg global" if count == 1 else f"ReNeg global ({path})"
+
+
 def main(argv=None) -> None:
     from ..cli_flags import ranged
     from ..rewards.shapeworld import ShapeWorldReward
@@ -165,8 +173,10 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a ShapeWorld model folder (default: the bundled one)")
-    parser.add_argument("--embedding", default=None, help="a learned global negative embedding (.safetensors; "
-                        "default: the bundled one of the model's family)")
+    parser.add_argument("--embedding", nargs="+", default=None, metavar="FILE",
+                        help="learned global negative embeddings (.safetensors; default: the bundled one of the "
+                             "model's family); several give a row each, to choose between training runs, and "
+                             "--per-sample tunes from the first")
     parser.add_argument("--per-sample", action="store_true", help="also fit per-prompt embeddings from it")
     parser.add_argument("--per-sample-steps", type=ranged(int, 1, 100, "--per-sample-steps"), default=10,
                         help="at most this many steps per prompt (the paper: 10; default 10)")
@@ -199,13 +209,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
-    embedding = args.embedding or BUNDLED_EMBEDDINGS.get(pipe.family)
-    if embedding is None:
+    paths = args.embedding or [BUNDLED_EMBEDDINGS.get(pipe.family)]
+    if paths[0] is None:
         parser.error(f"no bundled embedding for a {pipe.family} model; pass --embedding FILE (negguide train-reneg)")
-    learned = NegativeEmbedding.load(embedding, pipe)
+    if len(set(paths)) != len(paths):
+        parser.error(f"--embedding names a file twice: {paths}")
+    learned_rows = {global_row_name(path, len(paths)): NegativeEmbedding.load(path, pipe) for path in paths}
+    learned = next(iter(learned_rows.values()))
     prompts = shapeworld_prompts(args.prompts, args.split, seed=args.prompt_seed)
     negatives = {"empty negative": {"negative_prompt": ""}, f'hand-written "{HAND_WRITTEN}"': {"negative_prompt": HAND_WRITTEN},
-                 "ReNeg global": learned.negative_kwargs()}
+                 **{name: e.negative_kwargs() for name, e in learned_rows.items()}}
     if args.per_sample:
         from .per_sample import per_sample_embedding
         from .trainer import ReNegConfig
