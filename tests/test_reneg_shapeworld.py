@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from negguide.reneg.shapeworld import gap_table, judge_negatives, paired_gap
+from negguide.reneg.shapeworld import failure_reward_bins, gap_table, judge_negatives, paired_gap
 
 SD_MODEL = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "sd")
 
@@ -51,6 +51,13 @@ def test_gap_table_pairs_every_row_with_the_reference():
     assert acc_se == pytest.approx(0.0) and rew_se == pytest.approx(0.0)  # both prompts gain the same
 
 
+def test_failure_reward_bins_count_only_judged_failures_by_their_reward():
+    samples = {"correct": [False, False, True, False, False, True], "reward": [0.05, 0.3, 0.01, 0.95, 0.9, 0.99],
+               "prompt": [0, 0, 0, 1, 1, 1]}
+    assert failure_reward_bins({"row": {"samples": samples}}) == {"row": [1, 1, 0, 2]}  # 0.9 falls in ">= 0.9"
+    assert failure_reward_bins({"row": {"samples": samples}}, bins=(0.5,)) == {"row": [2, 2]}
+
+
 def test_judge_negatives_rows_share_noise_so_identical_negatives_pair_exactly():
     from negguide.rewards import ShapeWorldReward
     from negguide.shapes.bench import load_bench_pipeline
@@ -81,6 +88,7 @@ def test_comparison_command_end_to_end_with_per_sample(tmp_path, capsys):
           "--per-sample-confirm", "2", "--per-sample-reward", "log-probability", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "of 1 prompts" in printed and "| ReNeg per-sample | ReNeg global |" in printed
+    assert "| negative | failures | < 0.1 | 0.1-0.5 | 0.5-0.9 | >= 0.9 |" in printed
     results = json.loads(out.read_text())
     assert list(results) == ["empty negative", 'hand-written "a shape and a shape"', "ReNeg global", "ReNeg per-sample"]
     assert all(r["images"] == 4 and 0.0 <= r["prompt accuracy"] <= 1.0 for r in results.values())

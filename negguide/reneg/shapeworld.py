@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import textwrap
 import zlib
@@ -93,6 +94,24 @@ def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, floa
         rew = paired_gap(s["reward"], ref["reward"], s["prompt"])
         rows.append((name, reference, *acc, *rew))
     return rows
+
+
+#: reward bins of ``failure_reward_bins``: how sure the reward was that a judged failure satisfied its caption
+REWARD_BINS = (0.1, 0.5, 0.9)
+
+
+def failure_reward_bins(results: dict, bins=REWARD_BINS) -> dict:
+    """For every row of ``judge_negatives``'s results: how many judged failures the reward scored in each bin
+    (``< 0.1``, ``0.1-0.5``, ``0.5-0.9``, ``>= 0.9`` by default). Failures scored low are ones the reward sees (and
+    training on it can remove); failures scored high are ones it does not see."""
+    edges = (-math.inf, *bins, math.inf)
+    out = {}
+    for name, r in results.items():
+        correct = np.asarray(r["samples"]["correct"], dtype=bool)
+        reward = np.asarray(r["samples"]["reward"], dtype=float)
+        failed = reward[~correct]
+        out[name] = [int(((failed >= lo) & (failed < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+    return out
 
 
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
@@ -257,6 +276,11 @@ def main(argv=None) -> None:
         for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
             if names.index(name) > position:
                 print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
+    labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
+    print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
+          f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
+    for name, counts in failure_reward_bins(results).items():
+        print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
