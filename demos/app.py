@@ -182,7 +182,7 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
                                       "window low", resolved.window[0])
                         high = _slider({**nt["window"], "help": "noise level where merging ends"}, "window high",
                                        resolved.window[1])
-                    reneg = gr.Textbox(_bundled_path(gen_inputs.BUNDLED_RENEG) if bundled else "", label="ReNeg negative embedding (.safetensors)",
+                    reneg = gr.Textbox(_bundled_reneg_path(pipe), label="ReNeg negative embedding (.safetensors)",
                                        placeholder="runs/reneg/negative_embedding.safetensors (negguide train-reneg)")
                     with gr.Row():
                         lora = gr.Textbox(_bundled_path(gen_inputs.BUNDLED_NFT) if bundled else "", scale=3,
@@ -210,6 +210,14 @@ def _example_reference(pipe, defaults):
 
     array = reference_image("a red circle", defaults["size"]).permute(1, 2, 0).numpy()
     return Image.fromarray((array * 255).round().astype("uint8"))
+
+
+def _bundled_reneg_path(pipe) -> str:
+    """The bundled negative embedding of a bundled ShapeWorld model (SD3 or SD), or "" for any other model."""
+    from negguide.reneg.shapeworld import BUNDLED_EMBEDDINGS
+
+    path = BUNDLED_EMBEDDINGS.get(getattr(pipe, "negguide_shapeworld", None))
+    return _bundled_path(path) if path else ""
 
 
 def _bundled_path(path: str) -> str:

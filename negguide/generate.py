@@ -81,7 +81,7 @@ class GenerateRequest:
     negtome_overrides: dict = field(default_factory=dict)  # NegToMeSettings fields replaced in the settings or preset
     reference_image: Any = None  # PIL image or path (negtome-reference)
     reference_mask: Any = None  # PIL image or path, white = the region to avoid
-    reneg: str | None = None  # .safetensors (default: the bundled model's, when it exists)
+    reneg: str | None = None  # .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)
     lora: str | None = None  # LoRA folder or file (nft-lora; default: the bundled model's, when it exists)
     lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0, "max": 2.0, "step": 0.05})
     with_negatives: bool = False  # also apply the Perp-Neg negatives in the COMPOSABLE methods
@@ -136,9 +136,21 @@ class MethodResult:
 
 # ---------------------------------------------------------------------------------------------------- the model
 def is_bundled(model: str | None) -> bool:
+    """The bundled ShapeWorld SD3 model, the default (its NegToMe presets and DiffusionNFT LoRA apply)."""
+    return shapeworld_model(model) == "sd3"
+
+
+def shapeworld_model(model: str | None) -> str | None:
+    """"sd3" for the default (bundled SD3) model, "sd" for the bundled SD (UNet) model, else None."""
     from .shapes.bench import DEFAULT_MODEL
 
-    return model is None or (os.path.isdir(model) and os.path.samefile(model, DEFAULT_MODEL))
+    if model is None:
+        return "sd3"
+    sd_model = os.path.join(os.path.dirname(DEFAULT_MODEL), "sd")
+    for name, folder in (("sd3", DEFAULT_MODEL), ("sd", sd_model)):
+        if os.path.isdir(model) and os.path.isdir(folder) and os.path.samefile(model, folder):
+            return name
+    return None
 
 
 def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "float32"):
@@ -166,6 +178,7 @@ def load_pipeline(model: str | None = None, device: str | None = None, dtype: st
             raise ValueError(f"cannot load model {model!r}: {one_line(error, 250)}") from None
         pipe.set_progress_bar_config(disable=True)
     pipe.negguide_bundled = is_bundled(model)
+    pipe.negguide_shapeworld = shapeworld_model(model)  # which bundled model, if any (its own ReNeg embedding)
     pipe = pipe.to(device)
     return pipe if pipe.dtype == getattr(torch, dtype) else pipe.to(dtype=getattr(torch, dtype))
 

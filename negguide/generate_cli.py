@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference", help="reference image for negtome-reference (resized to the output size)")
     g.add_argument("--reference-mask", help="mask of the reference, white = the region to avoid")
     g = p.add_argument_group("ReNeg and DiffusionNFT")
-    g.add_argument("--reneg", help="negative embedding .safetensors (default: the bundled model's, when it exists)")
+    g.add_argument("--reneg", help="negative embedding .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)")
     g.add_argument("--lora", help="DiffusionNFT LoRA folder or .safetensors file (nft-lora)")
     lora_scale = GenerateRequest.field_specs()["lora_scale"]
     _flag(g, "--lora-scale", lora_scale, float, default=lora_scale["default"])

@@ -8,8 +8,6 @@ import os
 
 import re
 
-BUNDLED_RENEG = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "reneg",
-                             "negative_embedding.safetensors")
 RENEG_HINT = ("train one with `negguide train-reneg --out runs/reneg` and pass "
               "--reneg runs/reneg/negative_embedding.safetensors")
 BUNDLED_NFT = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "nft", "lora")
@@ -95,15 +93,25 @@ def lora_path(pipe, path: str | None) -> str:
     return BUNDLED_NFT
 
 
+def bundled_reneg(pipe) -> str:
+    """The bundled negative embedding of a bundled ShapeWorld model (SD3 or SD: ``pipe.negguide_shapeworld``, set
+    by ``generate.load_pipeline``); a clear error for any other model or when the file is missing."""
+    from .reneg.shapeworld import BUNDLED_EMBEDDINGS
+
+    family = getattr(pipe, "negguide_shapeworld", None)
+    if family not in BUNDLED_EMBEDDINGS:
+        raise ValueError(f"reneg needs a negative embedding for this model: {RENEG_HINT}")
+    path = BUNDLED_EMBEDDINGS[family]
+    if not os.path.isfile(path):
+        raise ValueError(f"no bundled negative embedding at {os.path.normpath(path)}: {RENEG_HINT}")
+    return path
+
+
 def reneg_kwargs(pipe, path: str | None) -> dict:
     from .reneg.embedding import NegativeEmbedding
 
     if not path:
-        if not getattr(pipe, "negguide_bundled", False):
-            raise ValueError(f"reneg needs a negative embedding for this model: {RENEG_HINT}")
-        if not os.path.isfile(BUNDLED_RENEG):
-            raise ValueError(f"no bundled negative embedding at {os.path.normpath(BUNDLED_RENEG)}: {RENEG_HINT}")
-        path = BUNDLED_RENEG
+        path = bundled_reneg(pipe)
     embedding = NegativeEmbedding.load(path, pipe)  # ValueError naming the file for a wrong format or model
     kwargs = embedding.negative_kwargs(device=pipe.device, dtype=pipe.dtype)
     tokens = embedding.tensors["prompt_embeds"].shape[1]

@@ -130,13 +130,32 @@ def test_compare_uses_the_same_seed_and_unloads_the_lora(run, assets):
 
 
 def test_reneg_defaults_to_the_bundled_embedding(run, assets, monkeypatch):
-    monkeypatch.setattr(gen_inputs, "BUNDLED_RENEG", assets["reneg"])
+    from negguide.reneg import shapeworld
+
+    monkeypatch.setitem(shapeworld.BUNDLED_EMBEDDINGS, "sd3", assets["reneg"])
     code, out, err, folder = run("a circle", "--method", "reneg", *SMALL)
     assert code == 0, err
     check_images(folder, "reneg", 2)
-    monkeypatch.setattr(gen_inputs, "BUNDLED_RENEG", os.path.join(folder, "missing.safetensors"))
+    monkeypatch.setitem(shapeworld.BUNDLED_EMBEDDINGS, "sd3", os.path.join(folder, "missing.safetensors"))
     code, out, err, _ = run("a circle", "--method", "reneg", *SMALL)
     assert code == 2 and "negguide train-reneg" in err
+
+
+def test_reneg_on_the_bundled_sd_model_defaults_to_its_own_embedding(run, pipe):
+    from negguide.reneg.shapeworld import BUNDLED_EMBEDDINGS
+
+    sd_folder = os.path.join(os.path.dirname(gen_inputs.__file__), "..", "assets", "shapeworld", "sd")
+    assert gen.shapeworld_model(sd_folder) == "sd" and gen.shapeworld_model(None) == "sd3"
+    assert gen.shapeworld_model(os.path.join(sd_folder, "unet")) is None
+    code, out, err, folder = run("a circle", "--model", sd_folder, "--method", "reneg", *SMALL)
+    assert code == 0, err
+    check_images(folder, "reneg", 2)
+    sd_pipe = gen.load_pipeline(sd_folder, "cpu")
+    assert gen_inputs.bundled_reneg(sd_pipe) == BUNDLED_EMBEDDINGS["sd"]
+    assert gen_inputs.bundled_reneg(pipe) == BUNDLED_EMBEDDINGS["sd3"]
+    sd_pipe.negguide_shapeworld = None  # any other model: no default embedding
+    with pytest.raises(ValueError, match="reneg needs a negative embedding for this model"):
+        gen_inputs.bundled_reneg(sd_pipe)
 
 
 def test_nft_lora_defaults_to_the_bundled_lora_on_the_bundled_model(run, pipe, monkeypatch):
