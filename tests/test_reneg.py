@@ -99,7 +99,7 @@ def test_bin_converter_reads_tensors_only(tmp_path, capsys):
     assert emb.tensors["prompt_embeds"].shape == (1, 77, 32) and torch.equal(emb.tensors["prompt_embeds"][0], tensor)
     assert emb.metadata["converted_from"] == "neg.bin"
     with open(tmp_path / "evil.bin", "wb") as f:
-        pickle.dump({"prompt_embeds": _Payload()}, f)
+        pickle.dump({"prompt_embeds": _Payload()}, f, protocol=2)  # torch.save's protocol: no warning
     with pytest.raises(ValueError, match="never unpickles objects"):
         NegativeEmbedding.from_bin(str(tmp_path / "evil.bin"), "sd")
     assert "must never run" not in capsys.readouterr().out
