@@ -98,10 +98,10 @@ def bundled_reneg(pipe) -> str:
     by ``generate.load_pipeline``); a clear error for any other model or when the file is missing."""
     from .reneg.shapeworld import BUNDLED_EMBEDDINGS
 
-    family = getattr(pipe, "negguide_shapeworld", None)
-    if family not in BUNDLED_EMBEDDINGS:
+    model = getattr(pipe, "negguide_shapeworld", None)  # "sd3", "sd" (the bundled models' families) or None
+    if model not in BUNDLED_EMBEDDINGS:
         raise ValueError(f"reneg needs a negative embedding for this model: {RENEG_HINT}")
-    path = BUNDLED_EMBEDDINGS[family]
+    path = BUNDLED_EMBEDDINGS[model]
     if not os.path.isfile(path):
         raise ValueError(f"no bundled negative embedding at {os.path.normpath(path)}: {RENEG_HINT}")
     return path
