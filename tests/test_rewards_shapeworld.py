@@ -172,3 +172,26 @@ def test_caption_probability_is_the_judge_rule_in_expectation(prompt, lay, cl, s
         if caption_satisfied(objs, prompt):
             want += float(lay[li] * cl[a] * sl[b] * cr[c] * sr[d])
     assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_third_object_measurement_scores_three_object_images_against_two_object_captions():
+    from negguide.rewards.shapeworld_train import THIRD_OBJECT_SIZES, measure_third_object
+
+    seen = []
+
+    def always(value):
+        def reward(images, prompts):
+            seen.append((images.shape, prompts))
+            return torch.full((len(prompts),), value)
+        return reward
+
+    passes = measure_third_object(always(1.0), np.random.default_rng(0), n=20)
+    fails = measure_third_object(always(0.0), np.random.default_rng(0), n=20)
+    keys = [label.split(" (")[0].replace(" ", "_") for label in THIRD_OBJECT_SIZES]
+    for key in keys:
+        assert passes[f"third_{key}_reward_pass"] == 1.0 and fails[f"third_{key}_reward_pass"] == 0.0
+        assert passes[f"third_{key}_judge_true"] < 0.5  # the judge sees the third object in most images
+    shape, prompts = seen[0]
+    from negguide.reneg.shapeworld import caption_kind
+
+    assert shape == (20, 3, 64, 64) and all(caption_kind(p) != "one-object" for p in prompts)
