@@ -195,3 +195,16 @@ def test_third_object_measurement_scores_three_object_images_against_two_object_
     from negguide.reneg.shapeworld import caption_kind
 
     assert shape == (20, 3, 64, 64) and all(caption_kind(p) != "one-object" for p in prompts)
+
+
+def test_third_size_default_keeps_the_bundled_data_and_other_sizes_change_it():
+    from negguide.rewards.shapeworld_train import PAIR_SIZE_RANGE, main, sample_batch
+
+    default = sample_batch(np.random.default_rng(3), 64)[0]
+    assert torch.equal(default, sample_batch(np.random.default_rng(3), 64, third_size=PAIR_SIZE_RANGE)[0])
+    small = sample_batch(np.random.default_rng(3), 64, third_size=(0.04, 0.07))[0]
+    changed = [i for i in range(64) if not torch.equal(default[i], small[i])]
+    assert changed and changed[0] > 0  # from the first "other" image on (its retries shift the random stream)
+    for bad in ("0.1", "0.3,0.4", "0.1,0.05", "a,b"):
+        with pytest.raises(SystemExit):
+            main(["--third-size", bad, "--steps", "1"])
