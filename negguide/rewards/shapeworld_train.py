@@ -85,9 +85,14 @@ def _other_image(rng, third_size=PAIR_SIZE_RANGE) -> np.ndarray:
                                     for i, a in enumerate(objs) for b in objs[i + 1:])
         if _apart(objs) and not same_half_same_colour:
             break
-    img = render(Scene(tuple(objs[:2]))).astype(np.float64)
-    for o in objs[2:]:
-        img = img * render(Scene((o,))) / 255.0  # multiply composite: exact on white where objects do not overlap
+    return _composite(Scene(tuple(objs[:2])), objs[2:])
+
+
+def _composite(scene: Scene, extra) -> np.ndarray:
+    """``scene`` rendered with the ``extra`` objects multiplied in: exact on white where objects do not overlap."""
+    img = render(scene).astype(np.float64)
+    for o in extra:
+        img = img * render(Scene((o,))) / 255.0
     return np.round(img).astype(np.uint8)
 
 
@@ -266,10 +271,9 @@ def measure(folder: str | None = None, n: int = 1000, seed: int = 12345, checkpo
     return rep
 
 
-#: half-extents of the third object in ``measure_third_object``: smaller than any training object, between, and
-#: the training "other" images' own size (PAIR_SIZE_RANGE)
-THIRD_OBJECT_SIZES = {"small (0.04-0.07)": (0.04, 0.07), "medium (0.07-0.11)": (0.07, 0.11),
-                      "training size (0.11-0.17)": PAIR_SIZE_RANGE}
+#: half-extents of the third object in ``measure_third_object``: smaller than any training object (0.04-0.07),
+#: between (0.07-0.11), and the training "other" images' own size (PAIR_SIZE_RANGE, 0.11-0.17)
+THIRD_OBJECT_SIZES = {"small": (0.04, 0.07), "medium": (0.07, 0.11), "training_size": PAIR_SIZE_RANGE}
 
 
 def measure_third_object(reward: ShapeWorldReward, rng: np.random.Generator, n: int = 300) -> dict:
@@ -280,20 +284,18 @@ def measure_third_object(reward: ShapeWorldReward, rng: np.random.Generator, n: 
     from ..shapes.judge import prompt_correct
 
     rep = {}
-    for label, sizes in THIRD_OBJECT_SIZES.items():
+    for key, sizes in THIRD_OBJECT_SIZES.items():
         imgs, caps = [], []
         while len(imgs) < n:
             scene = sample_scene(rng, two_object_prob=1.0)
             third = _random_object(rng, (0.0, 1.0), sizes)
             if not _apart([*scene.objects, third]):
                 continue
-            img = render(scene).astype(np.float64) * render(Scene((third,))) / 255.0
-            imgs.append(np.round(img).astype(np.uint8))
+            imgs.append(_composite(scene, [third]))
             caps.append(sample_caption(scene, rng, CaptionProbs(empty=0.0)))
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
             passed = (reward(x, caps) > 0.5).numpy()
-        key = label.split(" (")[0].replace(" ", "_")
         rep[f"third_{key}_judge_true"] = float(prompt_correct(x, caps).mean())
         rep[f"third_{key}_reward_pass"] = float(passed.mean())
     return rep
