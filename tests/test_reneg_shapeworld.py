@@ -178,3 +178,21 @@ def test_comparison_grid_has_a_row_per_prompt_and_a_block_per_negative(tmp_path)
     tile = (images["learned"][1][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     x, y = 250 + (2 * 34 + 12), 18 + 48  # "learned", second prompt, first image (nearest-neighbour x2)
     assert np.array_equal(pixels[y:y + 32:2, x:x + 32:2], tile)
+
+
+def test_comparison_command_samples_with_the_given_steps_and_guidance(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main
+
+    rewards = {}
+    for steps in (3, 4):
+        out = tmp_path / f"steps{steps}.json"
+        main(["--model", SD_MODEL, "--prompts", "1", "--seeds", "1", "--split", "train", "--sampling-steps", str(steps),
+              "--guidance-scale", "2", "--out", str(out)])
+        assert f"guidance 2, {steps} sampling steps" in capsys.readouterr().out
+        rewards[steps] = json.loads(out.read_text())["empty negative"]["samples"]["reward"]
+    assert rewards[3] != rewards[4]  # the flag reaches the pipeline: other steps, other images
+    with pytest.raises(SystemExit):
+        main(["--model", SD_MODEL, "--sampling-steps", "10", "--per-sample", "--per-sample-late-steps", "12"])
+    assert "--per-sample-late-steps 12 exceeds --sampling-steps 10" in capsys.readouterr().err

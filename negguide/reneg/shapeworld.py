@@ -212,9 +212,13 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample-confirm", type=ranged(int, 0, 1024, "--per-sample-confirm"), default=0,
                         help="keep a per-sample embedding only if it also beats the global one on this many complete "
                              "samples with fresh noise (default 0: no confirmation)")
-    parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 20, "--per-sample-late-steps"), default=20,
-                        help="the per-sample gradient step is one of the last N of the 20 sampling steps (default 20: "
-                             "anywhere, so the reward also reaches the layout; the paper's late window: 7)")
+    parser.add_argument("--per-sample-late-steps", type=ranged(int, 1, 200, "--per-sample-late-steps"), default=None,
+                        help="the per-sample gradient step is one of the last N sampling steps (default: all of them, "
+                             "so the reward also reaches the layout; the paper's late window: a third)")
+    parser.add_argument("--sampling-steps", type=ranged(int, 2, 200, "--sampling-steps"), default=20,
+                        help="sampling steps of every judged image and of per-sample tuning (default 20)")
+    parser.add_argument("--guidance-scale", type=ranged(float, 1.0, 30.0, "--guidance-scale"), default=5.0,
+                        help="CFG scale of every judged image and of per-sample tuning (default 5)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="captions to judge (default 24)")
     parser.add_argument("--prompt-seed", type=int, default=1, help="which sample of captions (default 1)")
     parser.add_argument("--split", choices=SPLITS, default="heldout",
@@ -226,6 +230,10 @@ def main(argv=None) -> None:
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
                         help="prompts (rows) in the --grid picture (default 8)")
     args = parser.parse_args(argv)
+    late_steps = args.sampling_steps if args.per_sample_late_steps is None else args.per_sample_late_steps
+    if late_steps > args.sampling_steps:
+        parser.error(f"--per-sample-late-steps {late_steps} exceeds --sampling-steps {args.sampling_steps}; "
+                     "pass at most that many")
     pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
     paths = args.embedding or [BUNDLED_EMBEDDINGS.get(pipe.family)]
@@ -243,7 +251,8 @@ def main(argv=None) -> None:
         from .trainer import ReNegConfig
 
         config = ReNegConfig(prompts=prompts[:1], steps=args.per_sample_steps, batch_size=args.per_sample_batch,
-                             lr=args.per_sample_lr, seed=7, late_steps=args.per_sample_late_steps,
+                             lr=args.per_sample_lr, seed=7, late_steps=late_steps,
+                             num_inference_steps=args.sampling_steps, guidance_scale=args.guidance_scale,
                              pipeline_kwargs=sequence_kwargs(pipe))
         from tqdm.auto import tqdm
 
@@ -261,10 +270,12 @@ def main(argv=None) -> None:
         if args.grid and seed == seeds[0] and index < args.grid_prompts:
             shown.setdefault(name, []).append(images)
 
-    results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds, on_images=keep)
+    results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds, on_images=keep,
+                              guidance_scale=args.guidance_scale, steps=args.sampling_steps)
     if args.grid:
         print(f"wrote {comparison_grid(prompts[:args.grid_prompts], shown, args.grid)}")
-    print(f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x {len(seeds)} seeds x 4 images")
+    print(f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x {len(seeds)} seeds x 4 images, "
+          f"guidance {args.guidance_scale:g}, {args.sampling_steps} sampling steps")
     print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
     for name, r in results.items():
         two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
