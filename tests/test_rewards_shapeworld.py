@@ -199,11 +199,40 @@ def test_third_object_measurement_scores_three_object_images_against_two_object_
 def test_third_size_default_keeps_the_bundled_data_and_other_sizes_change_it():
     from negguide.rewards.shapeworld_train import PAIR_SIZE_RANGE, main, sample_batch
 
-    default = sample_batch(np.random.default_rng(3), 64)[0]
+    default, layout = sample_batch(np.random.default_rng(3), 64)[:2]
     assert torch.equal(default, sample_batch(np.random.default_rng(3), 64, third_size=PAIR_SIZE_RANGE)[0])
     small = sample_batch(np.random.default_rng(3), 64, third_size=(0.04, 0.07))[0]
     changed = [i for i in range(64) if not torch.equal(default[i], small[i])]
-    assert changed and changed[0] > 0  # from the first "other" image on (its retries shift the random stream)
+    # from the first "other" image (layout 4) on: its third object, then the shifted random stream
+    assert changed and layout[changed[0]] == 4 and all(layout[i] != 4 for i in range(changed[0]))
     for bad in ("0.1", "0.3,0.4", "0.1,0.05", "a,b"):
         with pytest.raises(SystemExit):
             main(["--third-size", bad, "--steps", "1"])
+
+
+def test_twin_object_shares_colour_and_half_and_the_judge_rejects_twinned_pairs():
+    from negguide.rewards.shapeworld_train import _twin_object, measure_twin
+    from negguide.shapes.world import sample_scene
+
+    rng = np.random.default_rng(1)
+    same_shape = 0
+    for _ in range(100):
+        scene = sample_scene(rng, two_object_prob=1.0)
+        twin = _twin_object(rng, scene)
+        model = next(o for o in scene.objects if o.half == twin.half)
+        assert twin.colour == model.colour
+        same_shape += twin.shape == model.shape
+    assert 60 <= same_shape < 100  # mostly, not always, the same shape
+    always_pass = measure_twin(lambda images, prompts: torch.ones(len(prompts)), np.random.default_rng(0), n=40)
+    assert always_pass["twin_reward_pass"] == 1.0 and always_pass["twin_judge_true"] < 0.2
+
+
+def test_other_training_images_are_rejected_by_the_judge_for_every_caption():
+    from negguide.rewards.shapeworld_train import _other_image
+    from negguide.shapes.judge import detect_objects
+
+    rng = np.random.default_rng(2)
+    readings = [detect_objects(_other_image(rng)) for _ in range(60)]
+    # three objects, or two in one half: no caption (one or two objects, one a half) can hold
+    rejected = [len(objs) >= 3 or (len(objs) == 2 and objs[0].half == objs[1].half) for objs in readings]
+    assert np.mean(rejected) >= 0.9
