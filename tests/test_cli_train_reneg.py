@@ -55,3 +55,20 @@ def _exit_code(argv: list) -> int:
         return main(argv)
     except SystemExit as stop:  # argparse's own errors
         return stop.code
+
+
+def test_shapeworld_reward_spec_takes_other_classifier_weights(tmp_path):
+    import shutil
+
+    import torch
+
+    from negguide.reneg.cli import build_reward
+    from negguide.rewards.shapeworld import DEFAULT_FOLDER
+
+    copy = tmp_path / "reward"
+    shutil.copytree(DEFAULT_FOLDER, copy)
+    images, prompts = torch.rand(2, 3, 64, 64), ["a red circle", "a shape"]
+    bundled, loaded = build_reward(["shapeworld"]), build_reward([f"shapeworld-log={copy}"])
+    assert loaded.log_prob and torch.allclose(loaded(images, prompts).exp(), bundled(images, prompts), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="no ShapeWorld reward weights at"):
+        build_reward([f"shapeworld={tmp_path / 'missing'}"])

@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_inputs(parser, "output folder (checkpoint, LoRA, curves)")
-    parser.add_argument("--reward", action="append", help="shapeworld | shapeworld-log | clip=PATH | pickscore=PATH, "
-                        "optional @WEIGHT (repeatable; default shapeworld)")
+    parser.add_argument("--reward", action="append", help="shapeworld[=FOLDER] | shapeworld-log[=FOLDER] | clip=PATH | "
+                        "pickscore=PATH, optional @WEIGHT (repeatable; default shapeworld)")
     parser.add_argument("--accuracy", choices=("auto", "shapeworld", "none"), default="auto",
                         help="per-step accuracy to log and plot (auto: shapeworld on the bundled model)")
     parser.add_argument("--lora-targets", default=NFTConfig.lora_targets, help="modules to adapt, comma-separated "

@@ -37,7 +37,8 @@ FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "guidance_
 
 
 def build_reward(specs: list):
-    """``shapeworld``, ``shapeworld-log``, ``clip=PATH`` or ``pickscore=PATH``, each optionally ``@WEIGHT``;
+    """``shapeworld``, ``shapeworld-log`` (either ``=FOLDER`` for other classifier weights), ``clip=PATH`` or
+    ``pickscore=PATH``, each optionally ``@WEIGHT``;
     several are summed with their weights."""
     parts = []
     for spec in specs or ["shapeworld"]:
@@ -72,8 +73,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="negguide train-reneg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_inputs(parser, "output folder (checkpoints, embedding, reward curve)")
-    parser.add_argument("--reward", action="append", help="shapeworld (judged probability) | shapeworld-log (its log) | clip=PATH | pickscore=PATH, "
-                        "optional @WEIGHT (repeatable)")
+    parser.add_argument("--reward", action="append", help="shapeworld (judged probability) | shapeworld-log (its log), either =FOLDER for other "
+                        "classifier weights | clip=PATH | pickscore=PATH, optional @WEIGHT (repeatable)")
     parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
     parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
                         help="T5 tokens for SD3/Flux (the bundled model: 0)")
