@@ -196,3 +196,50 @@ def test_comparison_command_samples_with_the_given_steps_and_guidance(tmp_path, 
     with pytest.raises(SystemExit):
         main(["--model", SD_MODEL, "--sampling-steps", "10", "--per-sample", "--per-sample-late-steps", "12"])
     assert "--per-sample-late-steps 12 exceeds --sampling-steps 10" in capsys.readouterr().err
+
+
+def _row(correct, reward, prompt_index, prompts):
+    return {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": None, "reward": float(np.mean(reward)),
+            "images": len(correct), "prompts": prompts,
+            "samples": {"correct": correct, "reward": reward, "prompt": prompt_index}}
+
+
+def test_pool_results_concatenates_rows_and_clusters_a_caption_shared_by_two_files():
+    from negguide.reneg.shapeworld import gap_table, pool_results
+
+    a = {"empty": _row([True, False], [0.9, 0.1], [0, 1], ["a red circle", "a shape and a shape"]),
+         "learned": _row([True, True], [0.95, 0.8], [0, 1], ["a red circle", "a shape and a shape"]),
+         "only here": _row([True, True], [1.0, 1.0], [0, 1], ["a red circle", "a shape and a shape"])}
+    b = {"empty": _row([False, True], [0.2, 0.7], [0, 1], ["a blue square", "a red circle"]),
+         "learned": _row([True, True], [0.6, 0.9], [0, 1], ["a blue square", "a red circle"])}
+    pooled = pool_results([a, b])
+    assert list(pooled) == ["empty", "learned"]  # rows both files have, in the first file's order
+    s = pooled["learned"]["samples"]
+    assert s["correct"] == [True, True, True, True] and s["prompt"] == [0, 1, 2, 0]  # "a red circle" is one cluster
+    assert pooled["empty"]["prompt accuracy"] == 0.5 and pooled["learned"]["images"] == 4
+    assert pooled["empty"]["two-object accuracy"] == 0.0  # "a shape and a shape": the one two-object image, failed
+    (_, _, acc, acc_se, _, _), = gap_table(pooled, "empty")
+    assert acc == 0.5 and acc_se > 0  # three caption clusters with gaps 0, 1 (a shape and a shape), 1 (blue square)
+    with pytest.raises(ValueError, match="share no row name"):
+        pool_results([{"x": a["empty"]}, {"y": b["empty"]}])
+    with pytest.raises(ValueError, match="no 'prompts'"):
+        pool_results([{"empty": {k: v for k, v in a["empty"].items() if k != "prompts"}}, b])
+
+
+def test_comparison_command_pools_its_own_json_files(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main
+
+    paths = []
+    for first in (100, 200):
+        paths.append(str(tmp_path / f"s{first}.json"))
+        main(["--model", SD_MODEL, "--prompts", "1", "--seeds", "1", "--split", "train", "--first-seed", str(first),
+              "--sampling-steps", "3", "--out", paths[-1]])
+        assert f"1 seeds (from {first})" in capsys.readouterr().out
+    rows = [json.loads(open(p).read()) for p in paths]
+    assert rows[0]["empty negative"]["prompts"] == rows[1]["empty negative"]["prompts"]
+    assert rows[0]["empty negative"]["samples"]["reward"] != rows[1]["empty negative"]["samples"]["reward"]  # other noise
+    main(["--pool", *paths])
+    printed = capsys.readouterr().out
+    assert printed.startswith("pooled: ") and "| ReNeg global | empty negative |" in printed

@@ -178,6 +178,63 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
     return path
 
 
+def pool_results(files: list) -> dict:
+    """Rows of several ``judge_negatives`` results (each row carrying its ``"prompts"``, as ``--out`` writes them)
+    pooled into one: the rows every file has, in the first file's order, images concatenated and each image's
+    prompt index mapped to one index per caption text, so the s.e. of ``gap_table`` clusters a caption judged in two
+    files (with other seeds) as one prompt."""
+    if len(files) < 2:
+        raise ValueError(f"pooling needs at least two results, got {len(files)}")
+    names = [n for n in files[0] if all(n in f for f in files[1:])]
+    if not names:
+        raise ValueError(f"the results share no row name (first file: {list(files[0])}); pool runs of the same negatives")
+    captions: dict = {}
+    pooled = {}
+    for name in names:
+        correct, reward, prompt, two = [], [], [], []
+        for f in files:
+            row = f[name]
+            if "prompts" not in row:
+                raise ValueError(f"row {name!r} has no 'prompts'; pool files written by --out of this version")
+            s = row["samples"]
+            correct += s["correct"]
+            reward += s["reward"]
+            texts = [row["prompts"][i] for i in s["prompt"]]
+            prompt += [captions.setdefault(t, len(captions)) for t in texts]
+            two += [c for c, t in zip(s["correct"], texts) if caption_kind(t) != "one-object"]
+        pooled[name] = {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
+                        "reward": float(np.mean(reward)), "images": len(correct),
+                        "samples": {"correct": correct, "reward": reward, "prompt": prompt}}
+    return pooled
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def print_comparison(results: dict, title: str) -> None:
+    """The comparison's tables: each row's accuracy and reward, the paired gaps between all rows, and each row's
+    judged failures binned by the reward they got."""
+    print(title)
+    print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
+    for name, r in results.items():
+        two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
+        print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
+    names = list(results)
+    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
+          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
+    for position, reference in enumerate(names):  # every row against every row above it
+        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
+            if names.index(name) > position:
+                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
+    labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
+    print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
+          f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
+    for name, counts in failure_reward_bins(results).items():
+        print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
+
+
 def global_row_name(path: str, count: int) -> str:
     """"ReNeg global" for the one learned embedding of a comparison; with several, each row names its file."""
     return "ReNeg global" if count == 1 else f"ReNeg global ({path})"
@@ -225,11 +282,20 @@ def main(argv=None) -> None:
                         help="judge on held-out captions (default) or on training captions (to choose between runs "
                              "without looking at the held-out ones)")
     parser.add_argument("--seeds", type=ranged(int, 1, 100, "--seeds"), default=2, help="seeds per prompt (4 images each)")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--first-seed", type=ranged(int, 0, 2**31 - 1, "--first-seed"), default=50_000,
+                        help="seeds are FIRST_SEED, FIRST_SEED + 1, ... (default 50000); another sample of the same "
+                             "captions wants other seeds")
+    parser.add_argument("--out", default=None, help="write the results as JSON here (with each row's captions)")
+    parser.add_argument("--pool", nargs="+", default=None, metavar="JSON",
+                        help="judge nothing: pool the rows of earlier --out files (same row names) and print their "
+                             "paired gaps, clustered by caption across the files")
     parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here")
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
                         help="prompts (rows) in the --grid picture (default 8)")
     args = parser.parse_args(argv)
+    if args.pool:
+        print_comparison(pool_results([_read_json(path) for path in args.pool]), "pooled: " + ", ".join(args.pool))
+        return
     late_steps = args.sampling_steps if args.per_sample_late_steps is None else args.per_sample_late_steps
     if late_steps > args.sampling_steps:
         parser.error(f"--per-sample-late-steps {late_steps} exceeds --sampling-steps {args.sampling_steps}; "
@@ -263,7 +329,7 @@ def main(argv=None) -> None:
         kept = sum(any(not torch.equal(e.tensors[k], learned.tensors[k]) for k in learned.tensors) for e in tuned.values())
         print(f"per-sample: a tuned embedding differs from the global one for {kept} of {len(prompts)} prompts")
         negatives["ReNeg per-sample"] = {p: e.negative_kwargs() for p, e in tuned.items()}
-    seeds = tuple(range(50_000, 50_000 + args.seeds))
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     shown: dict = {}
 
     def keep(name, index, seed, images):
@@ -274,24 +340,11 @@ def main(argv=None) -> None:
                               guidance_scale=args.guidance_scale, steps=args.sampling_steps)
     if args.grid:
         print(f"wrote {comparison_grid(prompts[:args.grid_prompts], shown, args.grid)}")
-    print(f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x {len(seeds)} seeds x 4 images, "
-          f"guidance {args.guidance_scale:g}, {args.sampling_steps} sampling steps")
-    print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
-    for name, r in results.items():
-        two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
-        print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
-    names = list(results)
-    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
-          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
-    for position, reference in enumerate(names):  # every row against every row above it
-        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
-            if names.index(name) > position:
-                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
-    labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
-    print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
-          f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
-    for name, counts in failure_reward_bins(results).items():
-        print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
+    for r in results.values():
+        r["prompts"] = list(prompts)
+    print_comparison(results, f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x "
+                              f"{len(seeds)} seeds (from {seeds[0]}) x 4 images, guidance {args.guidance_scale:g}, "
+                              f"{args.sampling_steps} sampling steps")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
