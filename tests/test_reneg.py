@@ -185,3 +185,12 @@ def test_bad_rewards_stop_before_any_update(reward, config, match):
 def test_bad_input_raises(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_embedding_metadata_names_a_log_probability_reward():
+    from negguide.reneg.trainer import describe_reward
+    from negguide.rewards.shapeworld import ShapeWorldReward
+
+    assert describe_reward(ShapeWorldReward.from_pretrained()) == "ShapeWorldReward"
+    assert describe_reward(ShapeWorldReward.from_pretrained(log_prob=True)) == "ShapeWorldReward(log_prob=True)"
+    assert describe_reward(lambda images, prompts: images.mean((1, 2, 3))) == "function"

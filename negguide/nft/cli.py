@@ -9,7 +9,7 @@ examples:
   # the positive-only baseline (the model's own loss on the reward-filtered samples, same rollouts); compare: python -m negguide.nft.shapeworld
   negguide train-nft --objective positive-only --out runs/positive-only --steps 200
   # held-out two-object accuracy every 100 steps (OUT/heldout.json, OUT/heldout_curve.png); compare two such runs:
-  negguide train-nft --heldout-every 100 --steps 1000 --out runs/nft
+  negguide train-nft --heldout-every 100 --steps 1000 --lr 1e-4 --out runs/nft   # lr 3e-4 collapsed after ~800 steps
   python -m negguide.nft.shapeworld --report runs/nft runs/positive-only --out runs/compare
   # several rewards with weights (the reference lowers beta to 0.1 for multi-reward)
   negguide train-nft --reward shapeworld@1.0 --reward clip=./clip@0.1 --beta 0.1 --out runs/mix

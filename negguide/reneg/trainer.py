@@ -93,6 +93,12 @@ def _seed(*parts: int) -> int:
     return random.Random(":".join(str(p) for p in parts)).randrange(2**63)
 
 
+def describe_reward(reward) -> str:
+    """The reward's class, with ``log_prob=True`` when it is a log-probability (an embedding's metadata)."""
+    name = type(reward).__name__
+    return f"{name}(log_prob=True)" if getattr(reward, "log_prob", False) is True else name
+
+
 class ReNegTrainer:
     """Learns a NegativeEmbedding for ``pipe`` (a PerpNegPipeline or any pipeline it can wrap) and ``reward``."""
 
@@ -242,7 +248,7 @@ class ReNegTrainer:
         values = self.accelerator.unwrap_model(self.model).values
         names = {"negative_prompt_embeds": "prompt_embeds", "negative_pooled_prompt_embeds": "pooled_prompt_embeds"}
         meta = {**self.base_metadata, "trained_by": "negguide ReNeg", "steps": self.step,
-                "reward": type(self.reward).__name__, "base_model": getattr(self.pipe, "name_or_path", "") or "",
+                "reward": describe_reward(self.reward), "base_model": getattr(self.pipe, "name_or_path", "") or "",
                 "config": json.dumps({k: v for k, v in asdict(self.config).items() if k not in ("prompts", "output_dir")}),
                 "prompts": str(len(self.config.prompts))}
         return NegativeEmbedding(self.pipe.family, {names[k]: v.detach().cpu().clone() for k, v in values.items()}, meta)
