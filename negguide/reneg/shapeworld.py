@@ -139,11 +139,17 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
                 two.extend(hits.tolist() if caption_kind(prompt) != "one-object" else [])
                 with torch.no_grad():
                     rewards.extend(reward(images, [prompt] * len(images)).tolist())
-        results[name] = {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
-                         "reward": float(np.mean(rewards)), "images": len(correct),
-                         "samples": {"correct": [bool(c) for c in correct], "reward": [float(x) for x in rewards],
-                                     "prompt": prompt_index}}
+        results[name] = summarise_row(correct, rewards, prompt_index, two)
     return results
+
+
+def summarise_row(correct, rewards, prompt_index, two) -> dict:
+    """One row of ``judge_negatives``'s results from its per-image judgements, rewards and prompt indices
+    (``two``: the judgements of the two-object prompts' images)."""
+    return {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
+            "reward": float(np.mean(rewards)), "images": len(correct),
+            "samples": {"correct": [bool(c) for c in correct], "reward": [float(x) for x in rewards],
+                        "prompt": list(prompt_index)}}
 
 
 def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 2, scale: int = 2) -> str:
@@ -187,7 +193,8 @@ def pool_results(files: list) -> dict:
         raise ValueError(f"pooling needs at least two results, got {len(files)}")
     names = [n for n in files[0] if all(n in f for f in files[1:])]
     if not names:
-        raise ValueError(f"the results share no row name (first file: {list(files[0])}); pool runs of the same negatives")
+        raise ValueError(f"the results share no row name (first file: {list(files[0])}); "
+                         "pool runs of the same negatives")
     captions: dict = {}
     pooled = {}
     for name in names:
@@ -202,9 +209,7 @@ def pool_results(files: list) -> dict:
             texts = [row["prompts"][i] for i in s["prompt"]]
             prompt += [captions.setdefault(t, len(captions)) for t in texts]
             two += [c for c, t in zip(s["correct"], texts) if caption_kind(t) != "one-object"]
-        pooled[name] = {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
-                        "reward": float(np.mean(reward)), "images": len(correct),
-                        "samples": {"correct": correct, "reward": reward, "prompt": prompt}}
+        pooled[name] = summarise_row(correct, reward, prompt, two)
     return pooled
 
 

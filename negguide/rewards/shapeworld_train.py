@@ -80,8 +80,8 @@ def _other_image(rng, third_size=PAIR_SIZE_RANGE) -> np.ndarray:
         kind = rng.random()
         if kind < 2 / 3:
             pair = list(sample_scene(rng, two_object_prob=1.0, favourite_prob=0.25).objects)
-            extra = _random_object(rng, (0.0, 1.0), third_size) if kind < 1 / 3 else _twin_object(rng, Scene(tuple(pair)), third_size)
-            objs = pair + [extra]
+            objs = pair + [_random_object(rng, (0.0, 1.0), third_size) if kind < 1 / 3
+                           else _twin_object(rng, Scene(tuple(pair)), third_size)]
         else:
             half = (0.0, 0.5) if rng.random() < 0.5 else (0.5, 1.0)
             objs = [_random_object(rng, half) for _ in range(2)]
