@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from negguide.reneg.shapeworld import failure_reward_bins, gap_table, judge_negatives, paired_gap
+from negguide.reneg.comparison_results import failure_reward_bins, gap_table, paired_gap
+from negguide.reneg.shapeworld import judge_negatives
 
 SD_MODEL = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "sd")
 
@@ -205,7 +206,7 @@ def _row(correct, reward, prompt_index, prompts):
 
 
 def test_pool_results_concatenates_rows_and_clusters_a_caption_shared_by_two_files():
-    from negguide.reneg.shapeworld import gap_table, pool_results
+    from negguide.reneg.comparison_results import gap_table, pool_results
 
     a = {"empty": _row([True, False], [0.9, 0.1], [0, 1], ["a red circle", "a shape and a shape"]),
          "learned": _row([True, True], [0.95, 0.8], [0, 1], ["a red circle", "a shape and a shape"]),
@@ -243,3 +244,42 @@ def test_comparison_command_pools_its_own_json_files(tmp_path, capsys):
     main(["--pool", *paths])
     printed = capsys.readouterr().out
     assert printed.startswith("pooled: ") and "| ReNeg global | empty negative |" in printed
+
+
+def test_rejudge_results_reads_saved_images_again_and_keeps_the_rewards(tmp_path):
+    from negguide.reneg.comparison_results import load_row_images, rejudge_results, save_row_images
+    from negguide.shapes.world import describe, render, sample_scene
+
+    rng = np.random.default_rng(3)
+    scenes = [sample_scene(rng, two_object_prob=0.0) for _ in range(3)]
+    prompts = [describe(s.objects[0]) for s in scenes]
+    pixels = np.stack([render(s) for s in scenes])  # uint8 [3, 64, 64, 3], each showing its caption
+    stale = _row([False, True, False], [0.1, 0.2, 0.3], [0, 1, 2], prompts)  # an earlier judge's verdicts
+    path = save_row_images({"a row": pixels}, str(tmp_path / "images.npz"))
+    loaded = load_row_images(path)
+    assert list(loaded) == ["a row"] and np.array_equal(loaded["a row"], pixels)
+    row = rejudge_results({"a row": stale}, loaded)["a row"]
+    assert row["samples"]["correct"] == [True, True, True] and row["prompt accuracy"] == 1.0
+    assert row["samples"]["reward"] == [0.1, 0.2, 0.3] and row["prompts"] == prompts
+    with pytest.raises(ValueError, match="no saved images for row 'other'"):
+        rejudge_results({"other": stale}, loaded)
+    with pytest.raises(ValueError, match="3 judgements but 2 saved images"):
+        rejudge_results({"a row": stale}, {"a row": pixels[:2]})
+
+
+def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdicts(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main
+
+    out, images, again = (str(tmp_path / name) for name in ("run.json", "run.npz", "again.json"))
+    main(["--model", SD_MODEL, "--prompts", "2", "--seeds", "1", "--split", "train", "--sampling-steps", "3",
+          "--out", out, "--save-images", images])
+    main(["--rejudge", out, images, "--out", again])
+    assert "judged again from" in capsys.readouterr().out
+    first, second = json.loads(open(out).read()), json.loads(open(again).read())
+    assert list(first) == list(second) and all(first[k]["samples"] == second[k]["samples"] for k in first)
+    assert np.load(images)["row0"].shape == (8, 64, 64, 3)  # 2 prompts x 1 seed x 4 images
+    with pytest.raises(SystemExit):
+        main(["--save-images", str(tmp_path / "images.png")])
+    assert "must end in .npz" in capsys.readouterr().err

@@ -8,13 +8,15 @@ the text: a held-out prompt never appears in training.
     # choose between training runs on training captions, without looking at the held-out ones
     python -m negguide.reneg.shapeworld --split train --embedding runs/a/negative_embedding.safetensors \
         runs/b/negative_embedding.safetensors
+    # keep the images, then re-read them with a later judge (rewards kept) without sampling again
+    python -m negguide.reneg.shapeworld --per-sample --out runs/c.json --save-images runs/c.npz
+    python -m negguide.reneg.shapeworld --rejudge runs/c.json runs/c.npz --out runs/c-rejudged.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import textwrap
 import zlib
@@ -23,7 +25,9 @@ import numpy as np
 import torch
 
 from ..shapes.bench import sequence_kwargs
-from ..shapes.world import CaptionProbs, sample_caption, sample_scene
+from ..shapes.world import CaptionProbs, caption_kind, sample_caption, sample_scene
+from .comparison_results import (load_row_images, pool_results, print_comparison, read_json, rejudge_results,
+                                 save_row_images, summarise_row)
 
 HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
 _ASSETS = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld")
@@ -35,14 +39,6 @@ SPLITS = ("train", "heldout")
 
 
 CAPTION_KINDS = ("all", "two-object", "relation")
-
-
-def caption_kind(caption: str) -> str:
-    """"relation" (A to the left of / right of / next to / above / below B), "and" (A and B) or "one-object"."""
-    padded = f" {caption} "
-    if any(word in padded for word in (" to the left of ", " to the right of ", " next to ", " above ", " below ")):
-        return "relation"
-    return "and" if " and " in padded else "one-object"
 
 
 def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = "all") -> list[str]:
@@ -65,53 +61,6 @@ def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = 
                 return out
     what = "" if kind == "all" else f"{kind} "
     raise ValueError(f"only {len(out)} distinct {split} {what}captions found; ask for fewer")
-
-
-def paired_gap(a, b, groups) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired samples (the same prompt, seed and image slot under two negatives) and its
-    standard error clustered by ``groups`` (the prompt of each sample: images of one prompt are not independent),
-    i.e. the standard deviation of the per-group mean gaps over sqrt(number of groups)."""
-    a, b, groups = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(groups)
-    if a.shape != b.shape or a.shape != groups.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"paired_gap wants three equal-length non-empty 1-D sequences, got shapes "
-                         f"{a.shape}, {b.shape}, {groups.shape}")
-    gaps = a - b
-    per_group = np.array([gaps[groups == g].mean() for g in np.unique(groups)])
-    se = float(per_group.std(ddof=1) / np.sqrt(len(per_group))) if len(per_group) > 1 else float("nan")
-    return float(gaps.mean()), se
-
-
-def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, float, float, float]]:
-    """For every row of ``judge_negatives``'s results except ``reference``: (row, reference, accuracy gap, its s.e.,
-    reward gap, its s.e.), paired per image and clustered by prompt."""
-    ref = results[reference]["samples"]
-    rows = []
-    for name, r in results.items():
-        if name == reference:
-            continue
-        s = r["samples"]
-        acc = paired_gap(s["correct"], ref["correct"], s["prompt"])
-        rew = paired_gap(s["reward"], ref["reward"], s["prompt"])
-        rows.append((name, reference, *acc, *rew))
-    return rows
-
-
-#: reward bins of ``failure_reward_bins``: how sure the reward was that a judged failure satisfied its caption
-REWARD_BINS = (0.1, 0.5, 0.9)
-
-
-def failure_reward_bins(results: dict, bins=REWARD_BINS) -> dict:
-    """For every row of ``judge_negatives``'s results: how many judged failures the reward scored in each bin
-    (``< 0.1``, ``0.1-0.5``, ``0.5-0.9``, ``>= 0.9`` by default). Failures scored low are ones the reward sees (and
-    training on it can remove); failures scored high are ones it does not see."""
-    edges = (-math.inf, *bins, math.inf)
-    out = {}
-    for name, r in results.items():
-        correct = np.asarray(r["samples"]["correct"], dtype=bool)
-        reward = np.asarray(r["samples"]["reward"], dtype=float)
-        failed = reward[~correct]
-        out[name] = [int(((failed >= lo) & (failed < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
-    return out
 
 
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
@@ -141,15 +90,6 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
                     rewards.extend(reward(images, [prompt] * len(images)).tolist())
         results[name] = summarise_row(correct, rewards, prompt_index, two)
     return results
-
-
-def summarise_row(correct, rewards, prompt_index, two) -> dict:
-    """One row of ``judge_negatives``'s results from its per-image judgements, rewards and prompt indices
-    (``two``: the judgements of the two-object prompts' images)."""
-    return {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
-            "reward": float(np.mean(rewards)), "images": len(correct),
-            "samples": {"correct": [bool(c) for c in correct], "reward": [float(x) for x in rewards],
-                        "prompt": list(prompt_index)}}
 
 
 def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 2, scale: int = 2) -> str:
@@ -184,62 +124,6 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
     return path
 
 
-def pool_results(files: list) -> dict:
-    """Rows of several ``judge_negatives`` results (each row carrying its ``"prompts"``, as ``--out`` writes them)
-    pooled into one: the rows every file has, in the first file's order, images concatenated and each image's
-    prompt index mapped to one index per caption text, so the s.e. of ``gap_table`` clusters a caption judged in two
-    files (with other seeds) as one prompt."""
-    if len(files) < 2:
-        raise ValueError(f"pooling needs at least two results, got {len(files)}")
-    names = [n for n in files[0] if all(n in f for f in files[1:])]
-    if not names:
-        raise ValueError(f"the results share no row name (first file: {list(files[0])}); "
-                         "pool runs of the same negatives")
-    captions: dict = {}
-    pooled = {}
-    for name in names:
-        correct, reward, prompt, two = [], [], [], []
-        for f in files:
-            row = f[name]
-            if "prompts" not in row:
-                raise ValueError(f"row {name!r} has no 'prompts'; pool files written by --out of this version")
-            s = row["samples"]
-            correct += s["correct"]
-            reward += s["reward"]
-            texts = [row["prompts"][i] for i in s["prompt"]]
-            prompt += [captions.setdefault(t, len(captions)) for t in texts]
-            two += [c for c, t in zip(s["correct"], texts) if caption_kind(t) != "one-object"]
-        pooled[name] = summarise_row(correct, reward, prompt, two)
-    return pooled
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def print_comparison(results: dict, title: str) -> None:
-    """The comparison's tables: each row's accuracy and reward, the paired gaps between all rows, and each row's
-    judged failures binned by the reward they got."""
-    print(title)
-    print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
-    for name, r in results.items():
-        two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
-        print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
-    names = list(results)
-    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
-          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
-    for position, reference in enumerate(names):  # every row against every row above it
-        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
-            if names.index(name) > position:
-                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
-    labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
-    print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
-          f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
-    for name, counts in failure_reward_bins(results).items():
-        print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
-
-
 def global_row_name(path: str, count: int) -> str:
     """"ReNeg global" for the one learned embedding of a comparison; with several, each row names its file."""
     return "ReNeg global" if count == 1 else f"ReNeg global ({path})"
@@ -247,6 +131,7 @@ def global_row_name(path: str, count: int) -> str:
 
 def main(argv=None) -> None:
     from ..cli_flags import ranged
+    from ..shapes.judge import as_image_list
     from ..rewards.shapeworld import ShapeWorldReward
     from ..shapes.bench import load_bench_pipeline
     from .embedding import NegativeEmbedding
@@ -294,12 +179,24 @@ def main(argv=None) -> None:
     parser.add_argument("--pool", nargs="+", default=None, metavar="JSON",
                         help="judge nothing: pool the rows of earlier --out files (same row names) and print their "
                              "paired gaps, clustered by caption across the files")
+    parser.add_argument("--save-images", default=None, metavar="NPZ",
+                        help="also save every judged image (uint8, row by row) to this .npz, for --rejudge")
+    parser.add_argument("--rejudge", nargs=2, default=None, metavar=("JSON", "NPZ"),
+                        help="sample nothing: judge the saved images of an earlier run (its --out and --save-images "
+                             "files) again with the current judge, keeping its rewards; --out writes the new rows")
     parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here")
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
                         help="prompts (rows) in the --grid picture (default 8)")
     args = parser.parse_args(argv)
+    if args.save_images and not args.save_images.endswith(".npz"):
+        parser.error(f"--save-images {args.save_images!r} must end in .npz")
+    if args.rejudge:
+        results = rejudge_results(read_json(args.rejudge[0]), load_row_images(args.rejudge[1]))
+        print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
+        _write_json(results, args.out)
+        return
     if args.pool:
-        print_comparison(pool_results([_read_json(path) for path in args.pool]), "pooled: " + ", ".join(args.pool))
+        print_comparison(pool_results([read_json(path) for path in args.pool]), "pooled: " + ", ".join(args.pool))
         return
     late_steps = args.sampling_steps if args.per_sample_late_steps is None else args.per_sample_late_steps
     if late_steps > args.sampling_steps:
@@ -336,10 +233,13 @@ def main(argv=None) -> None:
         negatives["ReNeg per-sample"] = {p: e.negative_kwargs() for p, e in tuned.items()}
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     shown: dict = {}
+    kept_pixels: dict = {}
 
     def keep(name, index, seed, images):
         if args.grid and seed == seeds[0] and index < args.grid_prompts:
             shown.setdefault(name, []).append(images)
+        if args.save_images:  # the judge's own uint8 rounding, so a re-judge reads the very same pixels
+            kept_pixels.setdefault(name, []).extend(as_image_list(images.permute(0, 2, 3, 1).numpy()))
 
     results = judge_negatives(pipe, reward, prompts, negatives, seeds=seeds, on_images=keep,
                               guidance_scale=args.guidance_scale, steps=args.sampling_steps)
@@ -350,9 +250,15 @@ def main(argv=None) -> None:
     print_comparison(results, f"{len(prompts)} {'held-out' if args.split == 'heldout' else 'training'} prompts x "
                               f"{len(seeds)} seeds (from {seeds[0]}) x 4 images, guidance {args.guidance_scale:g}, "
                               f"{args.sampling_steps} sampling steps")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
+    _write_json(results, args.out)
+    if args.save_images:
+        print(f"wrote {save_row_images({k: np.stack(v) for k, v in kept_pixels.items()}, args.save_images)}")
+
+
+def _write_json(results: dict, path) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
 
 

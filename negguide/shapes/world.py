@@ -298,3 +298,11 @@ def make_dataset(
     pixels = np.stack([render(sc, size) for sc in scenes])  # [n, H, W, 3] uint8
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0)  # [n, 3, H, W]
     return images, captions, scenes
+
+
+def caption_kind(caption: str) -> str:
+    """"relation" (A to the left of / right of / next to / above / below B), "and" (A and B) or "one-object"."""
+    padded = f" {caption} "
+    if any(word in padded for word in (" to the left of ", " to the right of ", " next to ", " above ", " below ")):
+        return "relation"
+    return "and" if " and " in padded else "one-object"

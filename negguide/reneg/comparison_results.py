@@ -1,0 +1,167 @@
+"""Results of the judged comparison of negatives (``python -m negguide.reneg.shapeworld``): paired gaps with
+prompt-clustered standard errors, pooling of several runs, the printed tables, and the saved images that let a later
+judge re-read a run without sampling it again.
+
+A row is one negative's judgements: ``{"prompt accuracy", "two-object accuracy", "reward", "images", "samples":
+{"correct", "reward", "prompt"}}`` and, as ``--out`` writes it, ``"prompts"`` (the captions ``samples["prompt"]``
+indexes). Every row of one run sees the same noise, so rows pair up image by image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..shapes.world import caption_kind
+
+def paired_gap(a, b, groups) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired samples (the same prompt, seed and image slot under two negatives) and its
+    standard error clustered by ``groups`` (the prompt of each sample: images of one prompt are not independent),
+    i.e. the standard deviation of the per-group mean gaps over sqrt(number of groups)."""
+    a, b, groups = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(groups)
+    if a.shape != b.shape or a.shape != groups.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired_gap wants three equal-length non-empty 1-D sequences, got shapes "
+                         f"{a.shape}, {b.shape}, {groups.shape}")
+    gaps = a - b
+    per_group = np.array([gaps[groups == g].mean() for g in np.unique(groups)])
+    se = float(per_group.std(ddof=1) / np.sqrt(len(per_group))) if len(per_group) > 1 else float("nan")
+    return float(gaps.mean()), se
+
+
+def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, float, float, float]]:
+    """For every row of ``judge_negatives``'s results except ``reference``: (row, reference, accuracy gap, its s.e.,
+    reward gap, its s.e.), paired per image and clustered by prompt."""
+    ref = results[reference]["samples"]
+    rows = []
+    for name, r in results.items():
+        if name == reference:
+            continue
+        s = r["samples"]
+        acc = paired_gap(s["correct"], ref["correct"], s["prompt"])
+        rew = paired_gap(s["reward"], ref["reward"], s["prompt"])
+        rows.append((name, reference, *acc, *rew))
+    return rows
+
+
+#: reward bins of ``failure_reward_bins``: how sure the reward was that a judged failure satisfied its caption
+REWARD_BINS = (0.1, 0.5, 0.9)
+
+
+def failure_reward_bins(results: dict, bins=REWARD_BINS) -> dict:
+    """For every row of ``judge_negatives``'s results: how many judged failures the reward scored in each bin
+    (``< 0.1``, ``0.1-0.5``, ``0.5-0.9``, ``>= 0.9`` by default). Failures scored low are ones the reward sees (and
+    training on it can remove); failures scored high are ones it does not see."""
+    edges = (-math.inf, *bins, math.inf)
+    out = {}
+    for name, r in results.items():
+        correct = np.asarray(r["samples"]["correct"], dtype=bool)
+        reward = np.asarray(r["samples"]["reward"], dtype=float)
+        failed = reward[~correct]
+        out[name] = [int(((failed >= lo) & (failed < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+    return out
+
+
+def summarise_row(correct, rewards, prompt_index, two) -> dict:
+    """One row of ``judge_negatives``'s results from its per-image judgements, rewards and prompt indices
+    (``two``: the judgements of the two-object prompts' images)."""
+    return {"prompt accuracy": float(np.mean(correct)), "two-object accuracy": float(np.mean(two)) if two else None,
+            "reward": float(np.mean(rewards)), "images": len(correct),
+            "samples": {"correct": [bool(c) for c in correct], "reward": [float(x) for x in rewards],
+                        "prompt": list(prompt_index)}}
+
+
+def pool_results(files: list) -> dict:
+    """Rows of several ``judge_negatives`` results (each row carrying its ``"prompts"``, as ``--out`` writes them)
+    pooled into one: the rows every file has, in the first file's order, images concatenated and each image's
+    prompt index mapped to one index per caption text, so the s.e. of ``gap_table`` clusters a caption judged in two
+    files (with other seeds) as one prompt."""
+    if len(files) < 2:
+        raise ValueError(f"pooling needs at least two results, got {len(files)}")
+    names = [n for n in files[0] if all(n in f for f in files[1:])]
+    if not names:
+        raise ValueError(f"the results share no row name (first file: {list(files[0])}); "
+                         "pool runs of the same negatives")
+    captions: dict = {}
+    pooled = {}
+    for name in names:
+        correct, reward, prompt, two = [], [], [], []
+        for f in files:
+            row = f[name]
+            if "prompts" not in row:
+                raise ValueError(f"row {name!r} has no 'prompts'; pool files written by --out of this version")
+            s = row["samples"]
+            correct += s["correct"]
+            reward += s["reward"]
+            texts = [row["prompts"][i] for i in s["prompt"]]
+            prompt += [captions.setdefault(t, len(captions)) for t in texts]
+            two += [c for c, t in zip(s["correct"], texts) if caption_kind(t) != "one-object"]
+        pooled[name] = summarise_row(correct, reward, prompt, two)
+    return pooled
+
+
+def read_json(path: str) -> dict:
+    """A results file written by ``--out``."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def print_comparison(results: dict, title: str) -> None:
+    """The comparison's tables: each row's accuracy and reward, the paired gaps between all rows, and each row's
+    judged failures binned by the reward they got."""
+    print(title)
+    print("| negative | prompt accuracy | two-object accuracy | reward |\n|---|---|---|---|")
+    for name, r in results.items():
+        two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
+        print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
+    names = list(results)
+    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
+          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
+    for position, reference in enumerate(names):  # every row against every row above it
+        for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
+            if names.index(name) > position:
+                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
+    labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
+    print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
+          f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
+    for name, counts in failure_reward_bins(results).items():
+        print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
+
+
+def save_row_images(images: dict, path: str) -> str:
+    """Write every row's judged images (``images[name]``: uint8 ``[N, H, W, 3]`` in the order of the row's
+    ``samples``) to one ``.npz`` at ``path``; returns ``path``."""
+    names = list(images)
+    arrays = {f"row{k}": np.asarray(images[name], dtype=np.uint8) for k, name in enumerate(names)}
+    np.savez_compressed(path, names=np.array(names), **arrays)
+    return path
+
+
+def load_row_images(path: str) -> dict:
+    """The ``{row name: uint8 [N, H, W, 3]}`` that ``save_row_images`` wrote to ``path``."""
+    with np.load(path) as data:
+        return {str(name): data[f"row{k}"] for k, name in enumerate(data["names"])}
+
+
+def rejudge_results(results: dict, images: dict) -> dict:
+    """``results`` (rows carrying ``"prompts"``) judged again by the current judge from their saved ``images``
+    (``load_row_images``); rewards are kept. Rows without saved images are an error, not silently dropped."""
+    from ..shapes.judge import prompt_correct
+
+    out = {}
+    for name, row in results.items():
+        if name not in images:
+            raise ValueError(f"no saved images for row {name!r} (saved rows: {list(images)}); pass the --save-images "
+                             "file of the same run")
+        if "prompts" not in row:
+            raise ValueError(f"row {name!r} has no 'prompts'; re-judge files written by --out of this version")
+        s, pixels = row["samples"], images[name]
+        if len(pixels) != len(s["correct"]):
+            raise ValueError(f"row {name!r} has {len(s['correct'])} judgements but {len(pixels)} saved images; "
+                             "pass the --save-images file of the same run")
+        texts = [row["prompts"][i] for i in s["prompt"]]
+        correct = prompt_correct(list(pixels), texts).tolist()
+        two = [c for c, t in zip(correct, texts) if caption_kind(t) != "one-object"]
+        out[name] = {**summarise_row(correct, s["reward"], s["prompt"], two), "prompts": row["prompts"]}
+    return out
