@@ -190,6 +190,7 @@ def test_small_generated_triangles_are_read_as_triangles(monkeypatch):
         assert [[o.colour, o.shape] for o in detect_objects(image)] == e["objects"]
         assert prompt_correct(image[None], e["prompt"])[0]
     monkeypatch.setattr(judge, "TRIANGLE_MASS_RATIO", 0.62)
+    monkeypatch.setattr(judge, "SILHOUETTE_REACH_FRAC", 0.0)  # the judge of then read shapes from coloured pixels only
     misread = sum([[o.colour, o.shape] for o in detect_objects(image)] != e["objects"] for image, e in images)
     assert misread == len(images)
 
@@ -224,3 +225,36 @@ def test_two_same_coloured_objects_in_one_half_are_two_objects_but_fragments_are
     assert label_components(np.any(split < 200, axis=-1))[1] == 2  # the line cuts the square in two
     found = detect_objects(split)
     assert len(found) == 1 and found[0].colour == "green" and found[0].shape == "square"
+
+
+SHADED = os.path.join(os.path.dirname(__file__), "data", "judge_shaded")
+
+
+def test_generated_shaded_objects_are_read_from_their_silhouette(monkeypatch):
+    """Images of the bundled SD3 model that satisfy their caption (read by eye, in expected.json): dark green squares
+    with a bright highlight, triangles with a brown base, a shaded red circle. Their dark parts have too little chroma
+    for the coloured mask; from coloured pixels alone (the judge before its silhouette) every one is misread."""
+    from negguide.shapes import judge
+
+    images = _generated_images(SHADED)
+    assert len(images) >= 8
+    for image, e in images:
+        assert [[o.colour, o.shape] for o in detect_objects(image)] == e["objects"]
+        assert prompt_correct(image[None], e["prompt"])[0]
+    monkeypatch.setattr(judge, "SILHOUETTE_REACH_FRAC", 0.0)
+    assert all([[o.colour, o.shape] for o in detect_objects(image)] != e["objects"] for image, e in images)
+
+
+def test_a_rendered_square_with_dark_greyish_corners_is_still_a_square(monkeypatch):
+    from negguide.shapes import judge
+
+    img = _img(_obj("green", "square", 0.5, 0.5, 0.25)).astype(float)
+    y, x = np.mgrid[0:64, 0:64]
+    u, v = np.minimum(x - 16, 47 - x), np.minimum(y - 16, 47 - y)  # pixels from the square's sides (16..47)
+    shade = (u + v < 12) & (img.min(-1) < 200)  # its four corners
+    img[shade] = 0.3 * img[shade] + 0.7 * 70.0  # toward dark grey: chroma 0.3 of green's, below the coloured mask
+    img = np.round(img).astype(np.uint8)
+    found = detect_objects(img)
+    assert [(o.colour, o.shape) for o in found] == [("green", "square")]
+    monkeypatch.setattr(judge, "SILHOUETTE_REACH_FRAC", 0.0)
+    assert [o.shape for o in detect_objects(img)] == ["circle"]  # the coloured mask alone loses the corners
