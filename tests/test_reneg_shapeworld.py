@@ -283,3 +283,6 @@ def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdi
     with pytest.raises(SystemExit):
         main(["--save-images", str(tmp_path / "images.png")])
     assert "must end in .npz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--rejudge", out, images, "--pool", out, again])
+    assert "pass one of them" in capsys.readouterr().err

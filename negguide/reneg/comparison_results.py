@@ -16,6 +16,7 @@ import numpy as np
 
 from ..shapes.world import caption_kind
 
+
 def paired_gap(a, b, groups) -> tuple[float, float]:
     """Mean of ``a - b`` over paired samples (the same prompt, seed and image slot under two negatives) and its
     standard error clustered by ``groups`` (the prompt of each sample: images of one prompt are not independent),

@@ -190,6 +190,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.save_images and not args.save_images.endswith(".npz"):
         parser.error(f"--save-images {args.save_images!r} must end in .npz")
+    if args.rejudge and args.pool:
+        parser.error("--rejudge and --pool each judge earlier files: pass one of them (re-judge first, then pool the "
+                     "--out files)")
     if args.rejudge:
         results = rejudge_results(read_json(args.rejudge[0]), load_row_images(args.rejudge[1]))
         print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
