@@ -273,10 +273,14 @@ def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdi
     from negguide.reneg.shapeworld import main
 
     out, images, again = (str(tmp_path / name) for name in ("run.json", "run.npz", "again.json"))
+    from PIL import Image
+
+    sampled_grid, saved_grid = str(tmp_path / "sampled.png"), str(tmp_path / "saved.png")
     main(["--model", SD_MODEL, "--prompts", "2", "--seeds", "1", "--split", "train", "--sampling-steps", "3",
-          "--out", out, "--save-images", images])
-    main(["--rejudge", out, images, "--out", again])
+          "--out", out, "--save-images", images, "--grid", sampled_grid, "--grid-prompts", "2"])
+    main(["--rejudge", out, images, "--out", again, "--grid", saved_grid, "--grid-prompts", "2"])
     assert "judged again from" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(sampled_grid)), np.asarray(Image.open(saved_grid)))  # same picture
     first, second = json.loads(open(out).read()), json.loads(open(again).read())
     assert list(first) == list(second) and all(first[k]["samples"] == second[k]["samples"] for k in first)
     assert np.load(images)["row0"].shape == (8, 64, 64, 3)  # 2 prompts x 1 seed x 4 images

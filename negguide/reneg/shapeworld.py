@@ -124,6 +124,17 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
     return path
 
 
+def saved_grid_images(results: dict, images: dict, prompts: int, per_prompt: int = 4) -> dict:
+    """``comparison_grid``'s ``images`` from a saved run (``load_row_images``): for each row, the first ``per_prompt``
+    saved images of each of its first ``prompts`` captions (the first seed's, as sampling stores them in order)."""
+    out = {}
+    for name, row in results.items():
+        index = np.asarray(row["samples"]["prompt"])
+        out[name] = [torch.from_numpy(images[name][index == i][:per_prompt]).permute(0, 3, 1, 2).float() / 255.0
+                     for i in range(min(prompts, len(row["prompts"])))]
+    return out
+
+
 def global_row_name(path: str, count: int) -> str:
     """"ReNeg global" for the one learned embedding of a comparison; with several, each row names its file."""
     return "ReNeg global" if count == 1 else f"ReNeg global ({path})"
@@ -184,7 +195,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rejudge", nargs=2, default=None, metavar=("JSON", "NPZ"),
                         help="sample nothing: judge the saved images of an earlier run (its --out and --save-images "
                              "files) again with the current judge, keeping its rewards; --out writes the new rows")
-    parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here")
+    parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here "
+                                                      "(with --rejudge: drawn from the saved images)")
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
                         help="prompts (rows) in the --grid picture (default 8)")
     args = parser.parse_args(argv)
@@ -194,8 +206,12 @@ def main(argv=None) -> None:
         parser.error("--rejudge and --pool each judge earlier files: pass one of them (re-judge first, then pool the "
                      "--out files)")
     if args.rejudge:
-        results = rejudge_results(read_json(args.rejudge[0]), load_row_images(args.rejudge[1]))
+        saved = load_row_images(args.rejudge[1])
+        results = rejudge_results(read_json(args.rejudge[0]), saved)
         print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
+        if args.grid:
+            prompts = next(iter(results.values()))["prompts"][:args.grid_prompts]
+            print(f"wrote {comparison_grid(prompts, saved_grid_images(results, saved, args.grid_prompts), args.grid)}")
         _write_json(results, args.out)
         return
     if args.pool:
