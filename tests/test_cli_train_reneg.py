@@ -3,6 +3,7 @@ and resumes; bad flags exit non-zero with one line naming the flag."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from negguide.cli import main
 from negguide.reneg import NegativeEmbedding
 
+SD_EMBEDDING = os.path.join(os.path.dirname(__file__), "..", "assets", "shapeworld", "reneg", "sd",
+                            "negative_embedding.safetensors")
 QUICK = ["--batch-size", "2", "--shapeworld-prompts", "4", "--num-inference-steps", "4",
          "--late-steps", "2", "--checkpoint-every", "1"]
 
@@ -41,6 +44,9 @@ def test_train_reneg_writes_embedding_curve_and_resumes(tmp_path, capsys):
         (["--reward", "aesthetic"], "unknown reward 'aesthetic'"),
         (["--reward", "clip"], "needs a model"),
         (["--late-steps", "30"], "late_steps = 30 exceeds"),
+        (["--init-embedding", "/nonexistent/e.safetensors"], "is not a file"),
+        (["--init-embedding", __file__, "--init-text", "a shape"], "drop --init-text"),
+        (["--init-embedding", SD_EMBEDDING], "is for a sd model but the pipeline is sd3"),
     ],
 )
 def test_train_reneg_bad_input_is_one_line(flags, message, tmp_path, capsys):
@@ -72,3 +78,21 @@ def test_shapeworld_reward_spec_takes_other_classifier_weights(tmp_path):
     assert loaded.log_prob and torch.allclose(loaded(images, prompts).exp(), bundled(images, prompts), atol=1e-4)
     with pytest.raises(FileNotFoundError, match="no ShapeWorld reward weights at"):
         build_reward([f"shapeworld={tmp_path / 'missing'}"])
+
+
+def test_train_reneg_continues_from_a_saved_embedding(tmp_path):
+    import torch
+
+    first = tmp_path / "first"
+    assert main(["train-reneg", "--out", str(first), "--steps", "1", *QUICK]) == 0
+    start = NegativeEmbedding.load(str(first / "negative_embedding.safetensors"))
+    start.tensors = {k: v + 0.5 for k, v in start.tensors.items()}  # far from anything --init-text would give
+    start_path = start.save(str(tmp_path / "start.safetensors"))
+    out = tmp_path / "continued"
+    assert main(["train-reneg", "--out", str(out), "--steps", "1", "--lr", "1e-4", "--init-embedding", start_path,
+                 *QUICK]) == 0
+    continued = NegativeEmbedding.load(str(out / "negative_embedding.safetensors"))
+    assert continued.metadata["init_embedding"] == "start.safetensors"
+    for key, value in start.tensors.items():  # one small step from the file, not from the null text
+        assert (continued.tensors[key] - value).abs().max() < 1e-2
+        assert not torch.equal(continued.tensors[key], value)

@@ -2,8 +2,11 @@
 
 examples:
   # the bundled ShapeWorld model and reward, ShapeWorld training captions (the bundled embedding's command)
-  negguide train-reneg --out assets/shapeworld/reneg --steps 600 --batch-size 32 --lr 1e-2 --warmup-steps 20 \\
-      --checkpoint-every 25
+  negguide train-reneg --out runs/reneg --reward shapeworld-log --init-text "a shape and a shape" --steps 600 \\
+      --batch-size 32 --lr 1e-2 --warmup-steps 20 --checkpoint-every 25
+  # continue training a saved embedding (yours, or a published .bin converted with NegativeEmbedding.from_bin)
+  negguide train-reneg --init-embedding assets/shapeworld/reneg/negative_embedding.safetensors --out runs/more \\
+      --reward shapeworld-log --steps 300 --batch-size 64 --lr 3e-3
   # your checkpoint, prompts from a file, CLIP score from a local folder, two processes (GPUs, or gloo on a CPU)
   accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
       --reward clip=./clip-vit-large --out runs/sd15-reneg --guidance-scale 7.5 --num-inference-steps 30 --late-steps 10
@@ -76,6 +79,9 @@ def main(argv=None) -> None:
     parser.add_argument("--reward", action="append", help="shapeworld (judged probability) | shapeworld-log (its log), either =FOLDER for other "
                         "classifier weights | clip=PATH | pickscore=PATH, optional @WEIGHT (repeatable)")
     parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
+    parser.add_argument("--init-embedding", default=None, metavar="FILE.safetensors",
+                        help="initialise from a saved embedding instead (continue training yours, or a published one "
+                             "converted with NegativeEmbedding.from_bin); checked against the model before training")
     parser.add_argument("--max-sequence-length", type=ranged(int, 0, 512, "--max-sequence-length"), default=None,
                         help="T5 tokens for SD3/Flux (the bundled model: 0)")
     parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
@@ -103,6 +109,12 @@ def main(argv=None) -> None:
     if per_sample_options and not args.per_sample_from:
         parser.error(f"--{next(iter(per_sample_options)).replace('_', '-')} is for the per-sample variant: add "
                      "--per-sample-from GLOBAL")
+    if args.init_embedding and (args.init_text or args.per_sample_from):
+        parser.error(f"--init-embedding starts the global embedding from a file; drop "
+                     f"{'--init-text' if args.init_text else '--per-sample-from'} (per-sample tuning starts from "
+                     "--per-sample-from itself)")
+    if args.init_embedding and not os.path.isfile(args.init_embedding):
+        parser.error(f"--init-embedding {args.init_embedding!r} is not a file; pass a .safetensors embedding")
     if args.steps is None:
         args.steps = PER_SAMPLE_STEPS if args.per_sample_from else specs["steps"].default
 
@@ -131,7 +143,13 @@ def main(argv=None) -> None:
                                **per_sample_options)  # flags not given: per_sample_embedding's defaults
         print(f"wrote {len(tuned)} per-sample embeddings to {folder} (load: negguide.reneg.load_per_sample)")
         return
-    trainer = ReNegTrainer(pipe, reward, config)
+    init = None
+    if args.init_embedding:
+        from .embedding import NegativeEmbedding
+
+        init = NegativeEmbedding.load(args.init_embedding, pipe)  # ValueError naming the mismatch for another model
+        init.metadata["init_embedding"] = os.path.basename(args.init_embedding)
+    trainer = ReNegTrainer(pipe, reward, config, init=init)
     embedding = trainer.train()
     embedding.metadata["base_model"] = model if args.model else "negguide ShapeWorld (assets/shapeworld/sd3)"
     if trainer.accelerator.is_main_process:
