@@ -99,6 +99,7 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
     from PIL import Image, ImageDraw
 
     from ..shapes.bench import judge_reading
+    from ..shapes.judge import to_uint8_hwc
 
     names = list(images)
     n, (_, _, h, w) = per_negative, images[names[0]][0].shape
@@ -115,7 +116,7 @@ def comparison_grid(prompts: list, images: dict, path: str, per_negative: int = 
         for k, name in enumerate(names):
             for c, img in enumerate(images[name][r][:n]):
                 array = img.permute(1, 2, 0).clamp(0, 1).numpy()
-                tile = Image.fromarray((array * 255).round().astype("uint8")).resize((w, h), Image.NEAREST)
+                tile = Image.fromarray(to_uint8_hwc(array)).resize((w, h), Image.NEAREST)  # the pixels the judge reads
                 x = label_w + k * block + c * (w + 2)
                 canvas.paste(tile, (x, y))
                 draw.text((x, y + h), judge_reading(array)[: w // 6], fill=(90, 90, 90))
