@@ -64,13 +64,17 @@ def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = 
 
 
 def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000, 50_001), images_per_prompt: int = 4,
-                    guidance_scale: float = 5.0, steps: int = 20, on_images=None) -> dict:
+                    guidance_scale: float = 5.0, steps: int = 20, on_images=None, progress: bool = True) -> dict:
     """For each negative (name -> call kwargs, or name -> {prompt: kwargs} for per-prompt embeddings): judged
     prompt accuracy and mean reward over prompts x seeds x images, two-object prompts separately, and under
     "samples" the per-image judgements, rewards and prompt indices (every row sees the same noise, so rows pair up
-    image by image: ``gap_table``). ``on_images(name, prompt_index, seed, images)``, if given, sees every batch."""
+    image by image: ``gap_table``). ``on_images(name, prompt_index, seed, images)``, if given, sees every batch;
+    ``progress`` shows a bar over the batches of every row."""
+    from tqdm.auto import tqdm
+
     from ..shapes.judge import prompt_correct
 
+    bar = tqdm(total=len(negatives) * len(prompts) * len(seeds), desc="judged batches", disable=not progress)
     results = {}
     for name, spec in negatives.items():
         correct, rewards, two, prompt_index = [], [], [], []
@@ -88,7 +92,10 @@ def judge_negatives(pipe, reward, prompts: list, negatives: dict, seeds=(50_000,
                 two.extend(hits.tolist() if caption_kind(prompt) != "one-object" else [])
                 with torch.no_grad():
                     rewards.extend(reward(images, [prompt] * len(images)).tolist())
+                bar.set_postfix_str(name, refresh=False)
+                bar.update()
         results[name] = summarise_row(correct, rewards, prompt_index, two)
+    bar.close()
     return results
 
 
