@@ -95,6 +95,25 @@ def test_comparison_command_end_to_end_with_per_sample(tmp_path, capsys):
     assert all(r["images"] == 4 and 0.0 <= r["prompt accuracy"] <= 1.0 for r in results.values())
 
 
+def test_baselines_flag_judges_only_the_rows_asked_and_leaves_them_unchanged(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.shapeworld import main
+
+    full, fewer = tmp_path / "full.json", tmp_path / "fewer.json"
+    common = ["--prompts", "1", "--seeds", "1", "--sampling-steps", "3"]
+    main(common + ["--out", str(full)])
+    main(common + ["--baselines", "hand-written", "--out", str(fewer)])
+    capsys.readouterr()
+    full, fewer = json.loads(full.read_text()), json.loads(fewer.read_text())
+    assert list(fewer) == ['hand-written "a shape and a shape"', "ReNeg global"]
+    for name in fewer:  # every row sees the same noise, so dropping one row changes no other
+        assert fewer[name]["samples"] == full[name]["samples"]
+    with pytest.raises(SystemExit):
+        main(common + ["--baselines", "plain"])
+    assert "invalid choice: 'plain'" in capsys.readouterr().err
+
+
 def test_sequence_options_only_for_families_with_t5_tokens():
     from types import SimpleNamespace
 
