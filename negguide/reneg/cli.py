@@ -1,9 +1,13 @@
 """``negguide train-reneg``: learn a negative embedding for a model and a reward.
 
 examples:
-  # the bundled ShapeWorld model and reward, ShapeWorld training captions (the bundled embedding's command)
+  # the bundled ShapeWorld model and reward, ShapeWorld training captions
   negguide train-reneg --out runs/reneg --reward shapeworld-log --init-text "a shape and a shape" --steps 600 \\
       --batch-size 32 --lr 1e-2 --warmup-steps 20 --checkpoint-every 25
+  # the bundled embedding's command: two classifiers, the bundled one and one trained with
+  # `python -m negguide.rewards.shapeworld_train --out runs/reward-seed1 --seed 1 --steps 1000`
+  negguide train-reneg --out runs/reneg --reward shapeworld-log@0.5 --reward shapeworld-log=runs/reward-seed1@0.5 \\
+      --init-text "a shape and a shape" --steps 600 --batch-size 32 --lr 1e-2 --warmup-steps 20 --checkpoint-every 25
   # continue training a saved embedding (yours, or a published .bin converted with NegativeEmbedding.from_bin)
   negguide train-reneg --init-embedding assets/shapeworld/reneg/negative_embedding.safetensors --out runs/more \\
       --reward shapeworld-log --steps 300 --batch-size 64 --lr 3e-3
