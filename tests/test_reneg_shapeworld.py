@@ -289,11 +289,11 @@ def test_rejudge_results_reads_saved_images_again_and_keeps_the_rewards(tmp_path
 def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdicts(tmp_path, capsys):
     import json
 
+    from PIL import Image
+
     from negguide.reneg.shapeworld import main
 
     out, images, again = (str(tmp_path / name) for name in ("run.json", "run.npz", "again.json"))
-    from PIL import Image
-
     sampled_grid, saved_grid = str(tmp_path / "sampled.png"), str(tmp_path / "saved.png")
     main(["--model", SD_MODEL, "--prompts", "2", "--seeds", "1", "--split", "train", "--sampling-steps", "3",
           "--out", out, "--save-images", images, "--grid", sampled_grid, "--grid-prompts", "2"])

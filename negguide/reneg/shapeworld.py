@@ -36,8 +36,8 @@ BUNDLED_EMBEDDINGS = {"sd3": os.path.join(_ASSETS, "reneg", "negative_embedding.
                       "sd": os.path.join(_ASSETS, "reneg", "sd", "negative_embedding.safetensors")}
 BUNDLED = BUNDLED_EMBEDDINGS["sd3"]
 SPLITS = ("train", "heldout")
-#: the fixed rows of the judged comparison (``--baselines``)
-BASELINES = ("empty", "hand-written")
+#: the fixed rows of the judged comparison (``--baselines``): flag value -> (row name, negative prompt)
+BASELINES = {"empty": ("empty negative", ""), "hand-written": (f'hand-written "{HAND_WRITTEN}"', HAND_WRITTEN)}
 
 
 CAPTION_KINDS = ("all", "two-object", "relation")
@@ -187,7 +187,7 @@ def main(argv=None) -> None:
                         help="sampling steps of every judged image and of per-sample tuning (default 20)")
     parser.add_argument("--guidance-scale", type=ranged(float, 1.0, 30.0, "--guidance-scale"), default=5.0,
                         help="CFG scale of every judged image and of per-sample tuning (default 5)")
-    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES), metavar="ROW",
+    parser.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES), metavar="ROW",
                         help="the fixed rows to judge beside the learned ones: empty, hand-written (default both; "
                              "judging fewer rows is faster)")
     parser.add_argument("--prompts", type=ranged(int, 1, 500, "--prompts"), default=24, help="captions to judge (default 24)")
@@ -244,8 +244,7 @@ def main(argv=None) -> None:
     learned_rows = {global_row_name(path, len(paths)): NegativeEmbedding.load(path, pipe) for path in paths}
     learned = next(iter(learned_rows.values()))
     prompts = shapeworld_prompts(args.prompts, args.split, seed=args.prompt_seed)
-    fixed = {"empty": ("empty negative", ""), "hand-written": (f'hand-written "{HAND_WRITTEN}"', HAND_WRITTEN)}
-    negatives = {fixed[b][0]: {"negative_prompt": fixed[b][1]} for b in BASELINES if b in args.baselines}
+    negatives = {row: {"negative_prompt": text} for b, (row, text) in BASELINES.items() if b in args.baselines}
     negatives.update({name: e.negative_kwargs() for name, e in learned_rows.items()})
     if args.per_sample:
         from .per_sample import per_sample_embedding
