@@ -286,6 +286,29 @@ def test_rejudge_results_reads_saved_images_again_and_keeps_the_rewards(tmp_path
         rejudge_results({"a row": stale}, {"a row": pixels[:2]})
 
 
+def test_rejudge_with_a_smaller_smallest_object_counts_a_speck_as_an_extra_object(tmp_path, capsys):
+    import json
+
+    from negguide.reneg.comparison_results import save_row_images
+    from negguide.reneg.shapeworld import main
+    from negguide.shapes.world import COLOURS, Scene, ShapeObject, render
+
+    clean = render(Scene((ShapeObject("red", "square", 0.5, 0.5, 0.15, COLOURS["red"]),)))
+    specked = clean.copy()
+    specked[2:5, 2:5] = COLOURS["blue"]  # 9 pixels: below the default smallest object (20), above 8
+    results, images, again = (str(tmp_path / name) for name in ("run.json", "run.npz", "again.json"))
+    with open(results, "w") as f:
+        json.dump({"a row": _row([True, True], [0.9, 0.8], [0, 0], ["a red square"])}, f)
+    save_row_images({"a row": np.stack([clean, specked])}, images)
+    main(["--rejudge", results, images, "--judge-min-area-frac", str(8 / 4096), "--out", again])
+    assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, False]
+    main(["--rejudge", results, images, "--out", again])  # the default judge: the speck is ignored
+    assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, True]
+    with pytest.raises(SystemExit):
+        main(["--pool", results, "--judge-min-area-frac", "0.001"])
+    assert "changes the judge of --rejudge only" in capsys.readouterr().err
+
+
 def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdicts(tmp_path, capsys):
     import json
 

@@ -96,6 +96,17 @@ def test_small_specks_and_white_or_grey_ignored():
     assert detect_objects(np.full((64, 64, 3), 255, np.uint8)) == []
 
 
+def test_the_smallest_object_is_a_judge_option():
+    img = _img(_obj("red", "square", 0.5, 0.5, 0.15)).copy()
+    img[2:5, 2:5] = COLOURS["blue"]  # a 9-pixel blue piece: a speck by default, an object at 8 pixels
+    assert prompt_correct(np.stack([img]), "a red square").tolist() == [True]
+    assert prompt_correct(np.stack([img]), "a red square", min_area_frac=8 / 4096).tolist() == [False]
+    found = detect_objects(img, min_area_frac=8 / 4096)
+    assert sorted(o.colour for o in found) == ["blue", "red"]
+    with pytest.raises(ValueError, match="min_area_frac=1.5"):
+        detect_objects(img, min_area_frac=1.5)
+
+
 def test_label_components_counts_and_8_connectivity():
     m = np.zeros((10, 10), bool)
     m[1:3, 1:3] = True  # block

@@ -145,9 +145,10 @@ def load_row_images(path: str) -> dict:
         return {str(name): data[f"row{k}"] for k, name in enumerate(data["names"])}
 
 
-def rejudge_results(results: dict, images: dict) -> dict:
+def rejudge_results(results: dict, images: dict, **judge_options) -> dict:
     """``results`` (rows carrying ``"prompts"``) judged again by the current judge from their saved ``images``
-    (``load_row_images``); rewards are kept. Rows without saved images are an error, not silently dropped."""
+    (``load_row_images``); rewards are kept. Rows without saved images are an error, not silently dropped.
+    ``judge_options`` (e.g. ``min_area_frac``) go to the judge's ``detect_objects``."""
     from ..shapes.judge import prompt_correct
 
     out = {}
@@ -162,7 +163,7 @@ def rejudge_results(results: dict, images: dict) -> dict:
             raise ValueError(f"row {name!r} has {len(s['correct'])} judgements but {len(pixels)} saved images; "
                              "pass the --save-images file of the same run")
         texts = [row["prompts"][i] for i in s["prompt"]]
-        correct = prompt_correct(list(pixels), texts).tolist()
+        correct = prompt_correct(list(pixels), texts, **judge_options).tolist()
         two = [c for c, t in zip(correct, texts) if caption_kind(t) != "one-object"]
         out[name] = {**summarise_row(correct, s["reward"], s["prompt"], two), "prompts": row["prompts"]}
     return out

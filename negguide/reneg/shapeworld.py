@@ -208,6 +208,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rejudge", nargs=2, default=None, metavar=("JSON", "NPZ"),
                         help="sample nothing: judge the saved images of an earlier run (its --out and --save-images "
                              "files) again with the current judge, keeping its rewards; --out writes the new rows")
+    parser.add_argument("--judge-min-area-frac", type=ranged(float, 0.0, 0.5, "--judge-min-area-frac"), default=None,
+                        metavar="FRAC", help="with --rejudge: the judge's smallest object as a fraction of the image "
+                                             "(default 0.005, 20 pixels at 64x64; smaller pieces are specks), to see "
+                                             "whether a comparison depends on it")
     parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here "
                                                       "(with --rejudge: drawn from the saved images)")
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
@@ -218,9 +222,12 @@ def main(argv=None) -> None:
     if args.rejudge and args.pool:
         parser.error("--rejudge and --pool each judge earlier files: pass one of them (re-judge first, then pool the "
                      "--out files)")
+    if args.judge_min_area_frac is not None and not args.rejudge:
+        parser.error("--judge-min-area-frac changes the judge of --rejudge only: pass --rejudge JSON NPZ with it")
     if args.rejudge:
         saved = load_row_images(args.rejudge[1])
-        results = rejudge_results(read_json(args.rejudge[0]), saved)
+        options = {} if args.judge_min_area_frac is None else {"min_area_frac": args.judge_min_area_frac}
+        results = rejudge_results(read_json(args.rejudge[0]), saved, **options)
         print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
         if args.grid:
             prompts = next(iter(results.values()))["prompts"][:args.grid_prompts]

@@ -249,9 +249,15 @@ def object_silhouette(piece: np.ndarray, dark: np.ndarray, reach: int) -> np.nda
 
 
 def detect_objects(image, min_coverage: float = 0.35, min_area_frac: float = 0.005) -> list[DetectedObject]:
-    """The objects in one RGB image, sorted left to right (see the module docstring for the method)."""
+    """The objects in one RGB image, sorted left to right (see the module docstring for the method).
+
+    ``min_area_frac``: coloured pieces smaller than this fraction of the image (at least 4 pixels) are specks,
+    not objects; the default, 20 pixels at 64x64, is a fifth of the smallest object ShapeWorld renders."""
     if not 0.0 < min_coverage < 1.0:
         raise ValueError(f"min_coverage={min_coverage} must lie in (0, 1)")
+    if not 0.0 <= min_area_frac < 1.0:
+        raise ValueError(f"min_area_frac={min_area_frac} must lie in [0, 1): the smallest object, as a fraction of "
+                         "the image's pixels")
     px = to_uint8_hwc(image)
     h, w = px.shape[:2]
     blurred = box_blur3(px)
@@ -320,9 +326,10 @@ def _broadcast_prompts(prompts, n: int) -> list[str]:
     return prompts
 
 
-def prompt_correct(images, prompts) -> np.ndarray:
-    """Boolean array ``[B]``: does each image show what its prompt states (``caption_satisfied``)?"""
-    found = detect_batch(images)
+def prompt_correct(images, prompts, **detect_options) -> np.ndarray:
+    """Boolean array ``[B]``: does each image show what its prompt states (``caption_satisfied``)?
+    ``detect_options`` (min_coverage, min_area_frac) go to ``detect_objects``."""
+    found = detect_batch(images, **detect_options)
     return np.array([caption_satisfied(o, p) for o, p in zip(found, _broadcast_prompts(prompts, len(found)))])
 
 
