@@ -43,6 +43,7 @@ def test_train_reneg_writes_embedding_curve_and_resumes(tmp_path, capsys):
         (["--prompts-file", "/nonexistent/prompts.txt"], "cannot read --prompts-file"),
         (["--reward", "aesthetic"], "unknown reward 'aesthetic'"),
         (["--reward", "clip"], "needs a model"),
+        (["--reward", "shapeworld@0.5", "--reward", "shapeworld@0.5"], "'shapeworld' is given twice"),
         (["--late-steps", "30"], "late_steps = 30 exceeds"),
         (["--init-embedding", "/nonexistent/e.safetensors"], "is not a file"),
         (["--init-embedding", __file__, "--init-text", "a shape"], "drop --init-text"),

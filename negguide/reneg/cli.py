@@ -68,7 +68,10 @@ def build_reward(specs: list):
             reward = cls.from_pretrained(path)
         else:
             raise ValueError(f"unknown reward {name!r}; use shapeworld, shapeworld-log, clip=PATH or pickscore=PATH")
-        parts.append((f"{name}{'=' + path if path else ''}", reward, weight))
+        label = f"{name}{'=' + path if path else ''}"
+        if any(label == taken for taken, _, _ in parts):
+            raise ValueError(f"reward {label!r} is given twice; give it once with the sum of its weights")
+        parts.append((label, reward, weight))
     if len(parts) == 1 and parts[0][2] == 1.0:
         return parts[0][1]
     from ..rewards.combine import WeightedReward
