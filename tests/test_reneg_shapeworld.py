@@ -114,6 +114,29 @@ def test_baselines_flag_judges_only_the_rows_asked_and_leaves_them_unchanged(tmp
     assert "invalid choice: 'plain'" in capsys.readouterr().err
 
 
+def test_per_sample_reward_takes_the_short_names_or_train_reneg_reward_specs(tmp_path, capsys):
+    from negguide.reneg.shapeworld import main, per_sample_tuning_reward
+    from negguide.rewards.combine import WeightedReward
+    from negguide.rewards.shapeworld import DEFAULT_FOLDER, ShapeWorldReward
+
+    assert per_sample_tuning_reward(None).log_prob is False  # default: the judged probability
+    assert per_sample_tuning_reward(["log-probability"]).log_prob is True
+    assert isinstance(per_sample_tuning_reward(["shapeworld-log"]), ShapeWorldReward)
+    both = per_sample_tuning_reward(["shapeworld-log@0.5", f"log-probability={DEFAULT_FOLDER}@0.5"])
+    assert isinstance(both, WeightedReward)
+    images, prompts = torch.rand(2, 3, 64, 64), ["a red circle", "a blue square"]
+    single = per_sample_tuning_reward(["log-probability"])(images, prompts)
+    torch.testing.assert_close(both(images, prompts), single)  # the same classifier twice, half each
+    for bad, message in ((["nonsense"], "unknown reward 'nonsense'"), ([f"shapeworld-log={tmp_path}"], "no ShapeWorld reward weights"),
+                         (["log-probability@0.5", "shapeworld-log@0.5"], "given twice")):
+        with pytest.raises(SystemExit):
+            main(["--per-sample", "--prompts", "1", "--seeds", "1", *[f"--per-sample-reward={b}" for b in bad]])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--prompts", "1", "--per-sample-reward", "log-probability"])
+    assert "pass --per-sample with it" in capsys.readouterr().err
+
+
 def test_sequence_options_only_for_families_with_t5_tokens():
     from types import SimpleNamespace
 

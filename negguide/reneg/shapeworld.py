@@ -41,6 +41,21 @@ BASELINES = {"empty": ("empty negative", ""), "hand-written": (f'hand-written "{
 
 
 CAPTION_KINDS = ("all", "two-object", "relation")
+#: ``--per-sample-reward``'s short names, as ``negguide train-reneg --reward`` specs
+PER_SAMPLE_REWARD_NAMES = {"probability": "shapeworld", "log-probability": "shapeworld-log"}
+
+
+def per_sample_tuning_reward(values: list | None):
+    """The reward per-sample tuning maximises, from ``--per-sample-reward`` values: ``probability`` (default) or
+    ``log-probability`` of the bundled classifier, or any ``negguide train-reneg --reward`` spec; several are
+    summed with their weights (e.g. the two classifiers the bundled embedding was trained on)."""
+    from .cli import build_reward
+
+    def spec(value: str) -> str:  # the short name may carry a folder and a weight: log-probability=DIR@0.5
+        name = value.split("=", 1)[0].split("@", 1)[0]
+        return PER_SAMPLE_REWARD_NAMES.get(name, name) + value[len(name):]
+
+    return build_reward([spec(v) for v in values or ["probability"]])
 
 
 def shapeworld_prompts(n: int, split: str = "train", seed: int = 0, kind: str = "all") -> list[str]:
@@ -174,9 +189,11 @@ def main(argv=None) -> None:
     parser.add_argument("--per-sample-selection", choices=SELECTIONS, default="final",
                         help="per-sample early stopping on the reward of complete samples (final, default) or of the "
                              "one-step training objective (step)")
-    parser.add_argument("--per-sample-reward", choices=("probability", "log-probability"), default="probability",
-                        help="what per-sample tuning maximises: the judged probability (default, the global embedding's "
-                             "reward) or its log, whose gradient does not vanish on failed images")
+    parser.add_argument("--per-sample-reward", action="append", default=None, metavar="REWARD",
+                        help="what per-sample tuning maximises: the bundled classifier's probability (default) or "
+                             "log-probability (its gradient does not vanish on failed images), or any train-reneg "
+                             "--reward spec; repeat to sum several, e.g. --per-sample-reward shapeworld-log@0.5 "
+                             "--per-sample-reward shapeworld-log=runs/reward-seed1@0.5")
     parser.add_argument("--per-sample-confirm", type=ranged(int, 0, 1024, "--per-sample-confirm"), default=0,
                         help="keep a per-sample embedding only if it also beats the global one on this many complete "
                              "samples with fresh noise (default 0: no confirmation)")
@@ -241,6 +258,12 @@ def main(argv=None) -> None:
     if late_steps > args.sampling_steps:
         parser.error(f"--per-sample-late-steps {late_steps} exceeds --sampling-steps {args.sampling_steps}; "
                      "pass at most that many")
+    if args.per_sample_reward and not args.per_sample:
+        parser.error("--per-sample-reward is what --per-sample tuning maximises: pass --per-sample with it")
+    try:
+        tuning_reward = per_sample_tuning_reward(args.per_sample_reward) if args.per_sample else None
+    except (ValueError, OSError) as error:
+        parser.error(f"--per-sample-reward: {error}")
     pipe = load_bench_pipeline(args.model)
     reward = ShapeWorldReward.from_pretrained()
     paths = args.embedding or [BUNDLED_EMBEDDINGS.get(pipe.family)]
@@ -263,7 +286,6 @@ def main(argv=None) -> None:
                              pipeline_kwargs=sequence_kwargs(pipe))
         from tqdm.auto import tqdm
 
-        tuning_reward = reward if args.per_sample_reward == "probability" else ShapeWorldReward.from_pretrained(log_prob=True)
         tuned = {p: per_sample_embedding(pipe, tuning_reward, learned, p, config, selection=args.per_sample_selection,
                                          confirm_samples=args.per_sample_confirm)
                  for p in tqdm(prompts, desc="per-sample embeddings")}
