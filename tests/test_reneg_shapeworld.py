@@ -325,11 +325,13 @@ def test_rejudge_with_a_smaller_smallest_object_counts_a_speck_as_an_extra_objec
     save_row_images({"a row": np.stack([clean, specked])}, images)
     main(["--rejudge", results, images, "--judge-min-area-frac", str(8 / 4096), "--out", again])
     assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, False]
-    main(["--rejudge", results, images, "--out", again])  # the default judge: the speck is ignored
-    assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, True]
-    with pytest.raises(SystemExit):
-        main(["--pool", results, "--judge-min-area-frac", "0.001"])
-    assert "changes the judge of --rejudge only" in capsys.readouterr().err
+    for extra in ([], ["--judge-fragment-gap-frac", "0"]):  # the default smallest object: the speck is ignored
+        main(["--rejudge", results, images, *extra, "--out", again])
+        assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, True]
+    for flag in ("--judge-min-area-frac", "--judge-fragment-gap-frac"):
+        with pytest.raises(SystemExit):
+            main(["--pool", results, flag, "0.001"])
+        assert "change the judge of --rejudge only" in capsys.readouterr().err
 
 
 def test_comparison_command_saves_its_images_and_rejudges_them_to_the_same_verdicts(tmp_path, capsys):

@@ -209,19 +209,17 @@ def test_small_generated_triangles_are_read_as_triangles(monkeypatch):
 DUPLICATES = os.path.join(os.path.dirname(__file__), "data", "judge_duplicates")
 
 
-def test_generated_duplicated_objects_are_counted_not_merged(monkeypatch):
+def test_generated_duplicated_objects_are_counted_not_merged():
     """Images of the bundled SD3 model with a same-coloured object drawn twice in one half (read by eye, in
     expected.json): three or four objects for a two-object caption, so the caption fails. The judge merged all
     same-colour pieces of a half before 2026-11-24 and passed every one of them."""
-    from negguide.shapes import judge
-
     images = _generated_images(DUPLICATES)
     assert len(images) >= 7
     for image, e in images:
         assert [[o.colour, o.shape] for o in detect_objects(image)] == e["objects"]
         assert len(e["objects"]) > 2 and not prompt_correct(image[None], e["prompt"])[0]
-    monkeypatch.setattr(judge, "FRAGMENT_GAP_FRAC", 1.0)  # merge every same-colour piece, as the old judge did
-    assert all(prompt_correct(image[None], e["prompt"])[0] for image, e in images)
+    # merge every same-colour piece, as the old judge did
+    assert all(prompt_correct(image[None], e["prompt"], fragment_gap_frac=0.99)[0] for image, e in images)
 
 
 def test_two_same_coloured_objects_in_one_half_are_two_objects_but_fragments_are_one():
@@ -236,6 +234,9 @@ def test_two_same_coloured_objects_in_one_half_are_two_objects_but_fragments_are
     assert label_components(np.any(split < 200, axis=-1))[1] == 2  # the line cuts the square in two
     found = detect_objects(split)
     assert len(found) == 1 and found[0].colour == "green" and found[0].shape == "square"
+    assert len(detect_objects(split, fragment_gap_frac=0.0)) == 2  # joining only touching pieces keeps them apart
+    with pytest.raises(ValueError, match="fragment_gap_frac=-0.1"):
+        detect_objects(split, fragment_gap_frac=-0.1)
 
 
 SHADED = os.path.join(os.path.dirname(__file__), "data", "judge_shaded")

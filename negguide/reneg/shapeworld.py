@@ -229,6 +229,11 @@ def main(argv=None) -> None:
                         metavar="FRAC", help="with --rejudge: the judge's smallest object as a fraction of the image "
                                              "(default 0.005, 20 pixels at 64x64; smaller pieces are specks), to see "
                                              "whether a comparison depends on it")
+    parser.add_argument("--judge-fragment-gap-frac", type=ranged(float, 0.0, 0.5, "--judge-fragment-gap-frac"),
+                        default=None, metavar="FRAC",
+                        help="with --rejudge: same-coloured pieces at most this fraction of the width apart are one "
+                             "object (default 0.03, 2 pixels at 64x64; 0: only touching pieces), to see whether a "
+                             "comparison depends on it")
     parser.add_argument("--grid", default=None, help="save a PNG of the first seed's images of the first prompts here "
                                                       "(with --rejudge: drawn from the saved images)")
     parser.add_argument("--grid-prompts", type=ranged(int, 1, 100, "--grid-prompts"), default=8,
@@ -239,11 +244,13 @@ def main(argv=None) -> None:
     if args.rejudge and args.pool:
         parser.error("--rejudge and --pool each judge earlier files: pass one of them (re-judge first, then pool the "
                      "--out files)")
-    if args.judge_min_area_frac is not None and not args.rejudge:
-        parser.error("--judge-min-area-frac changes the judge of --rejudge only: pass --rejudge JSON NPZ with it")
+    options = {k: v for k, v in (("min_area_frac", args.judge_min_area_frac),
+                                 ("fragment_gap_frac", args.judge_fragment_gap_frac)) if v is not None}
+    if options and not args.rejudge:
+        parser.error("--judge-min-area-frac and --judge-fragment-gap-frac change the judge of --rejudge only: pass "
+                     "--rejudge JSON NPZ with them")
     if args.rejudge:
         saved = load_row_images(args.rejudge[1])
-        options = {} if args.judge_min_area_frac is None else {"min_area_frac": args.judge_min_area_frac}
         results = rejudge_results(read_json(args.rejudge[0]), saved, **options)
         print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
         if args.grid:

@@ -248,16 +248,22 @@ def object_silhouette(piece: np.ndarray, dark: np.ndarray, reach: int) -> np.nda
     return grown
 
 
-def detect_objects(image, min_coverage: float = 0.35, min_area_frac: float = 0.005) -> list[DetectedObject]:
+def detect_objects(image, min_coverage: float = 0.35, min_area_frac: float = 0.005,
+                   fragment_gap_frac: float = FRAGMENT_GAP_FRAC) -> list[DetectedObject]:
     """The objects in one RGB image, sorted left to right (see the module docstring for the method).
 
     ``min_area_frac``: coloured pieces smaller than this fraction of the image (at least 4 pixels) are specks,
-    not objects; the default, 20 pixels at 64x64, is a fifth of the smallest object ShapeWorld renders."""
+    not objects; the default, 20 pixels at 64x64, is a fifth of the smallest object ShapeWorld renders.
+    ``fragment_gap_frac``: same-coloured pieces at most this fraction of the width apart (at least 1 pixel) are one
+    object broken by an artefact; 0 joins only pieces whose bounding boxes touch."""
     if not 0.0 < min_coverage < 1.0:
         raise ValueError(f"min_coverage={min_coverage} must lie in (0, 1)")
     if not 0.0 <= min_area_frac < 1.0:
         raise ValueError(f"min_area_frac={min_area_frac} must lie in [0, 1): the smallest object, as a fraction of "
                          "the image's pixels")
+    if not 0.0 <= fragment_gap_frac < 1.0:
+        raise ValueError(f"fragment_gap_frac={fragment_gap_frac} must lie in [0, 1): the widest gap within one "
+                         "object, as a fraction of the image's width")
     px = to_uint8_hwc(image)
     h, w = px.shape[:2]
     blurred = box_blur3(px)
@@ -275,7 +281,8 @@ def detect_objects(image, min_coverage: float = 0.35, min_area_frac: float = 0.0
             continue
         pieces.append((int(np.bincount(colour_idx[comp], minlength=len(_PALETTE_NAMES)).argmax()), comp))
     found = []
-    for colour, comp in merge_fragments(pieces, max(1, round(FRAGMENT_GAP_FRAC * w))):
+    gap = max(1, round(fragment_gap_frac * w)) if fragment_gap_frac > 0 else 0
+    for colour, comp in merge_fragments(pieces, gap):
         rows, cols = np.nonzero(comp)
         shape, fill, tb, _ = classify_shape(object_silhouette(comp, dark, round(SILHOUETTE_REACH_FRAC * w)))
         cx = float(cols.min() + cols.max() + 1) / 2.0 / w
@@ -328,7 +335,7 @@ def _broadcast_prompts(prompts, n: int) -> list[str]:
 
 def prompt_correct(images, prompts, **detect_options) -> np.ndarray:
     """Boolean array ``[B]``: does each image show what its prompt states (``caption_satisfied``)?
-    ``detect_options`` (min_coverage, min_area_frac) go to ``detect_objects``."""
+    ``detect_options`` (min_coverage, min_area_frac, fragment_gap_frac) go to ``detect_objects``."""
     found = detect_batch(images, **detect_options)
     return np.array([caption_satisfied(o, p) for o, p in zip(found, _broadcast_prompts(prompts, len(found)))])
 
