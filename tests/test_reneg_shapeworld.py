@@ -312,7 +312,7 @@ def test_rejudge_results_reads_saved_images_again_and_keeps_the_rewards(tmp_path
 def test_rejudge_with_a_smaller_smallest_object_counts_a_speck_as_an_extra_object(tmp_path, capsys):
     import json
 
-    from negguide.reneg.comparison_results import save_row_images
+    from negguide.reneg.comparison_results import pool_results, save_row_images
     from negguide.reneg.shapeworld import main
     from negguide.shapes.world import COLOURS, Scene, ShapeObject, render
 
@@ -324,10 +324,15 @@ def test_rejudge_with_a_smaller_smallest_object_counts_a_speck_as_an_extra_objec
         json.dump({"a row": _row([True, True], [0.9, 0.8], [0, 0], ["a red square"])}, f)
     save_row_images({"a row": np.stack([clean, specked])}, images)
     main(["--rejudge", results, images, "--judge-min-area-frac", str(8 / 4096), "--out", again])
-    assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, False]
+    strict = json.loads(open(again).read())["a row"]
+    assert strict["samples"]["correct"] == [True, False] and strict["judge"] == {"min_area_frac": 8 / 4096}
+    with pytest.raises(ValueError, match="different judge options"):  # never pooled with a default-judge file
+        pool_results([{"a row": strict}, json.loads(open(results).read())])
+    assert pool_results([{"a row": strict}, {"a row": strict}])["a row"]["judge"] == {"min_area_frac": 8 / 4096}
     for extra in ([], ["--judge-fragment-gap-frac", "0"]):  # the default smallest object: the speck is ignored
         main(["--rejudge", results, images, *extra, "--out", again])
-        assert json.loads(open(again).read())["a row"]["samples"]["correct"] == [True, True]
+        row = json.loads(open(again).read())["a row"]
+        assert row["samples"]["correct"] == [True, True] and row.get("judge", {}) == ({"fragment_gap_frac": 0.0} if extra else {})
     for flag in ("--judge-min-area-frac", "--judge-fragment-gap-frac"):
         with pytest.raises(SystemExit):
             main(["--pool", results, flag, "0.001"])

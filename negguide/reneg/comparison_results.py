@@ -84,6 +84,11 @@ def pool_results(files: list) -> dict:
     if not names:
         raise ValueError(f"the results share no row name (first file: {list(files[0])}); "
                          "pool runs of the same negatives")
+    for name in names:  # a re-judge with other judge options records them; such rows are not comparable with others
+        judges = [f[name].get("judge", {}) for f in files]
+        if any(j != judges[0] for j in judges[1:]):
+            raise ValueError(f"row {name!r} was judged with different judge options in the files to pool ({judges}; "
+                             "{} is the default judge): re-judge them alike (--rejudge with the same --judge-* flags)")
     captions: dict = {}
     pooled = {}
     for name in names:
@@ -99,6 +104,8 @@ def pool_results(files: list) -> dict:
             prompt += [captions.setdefault(t, len(captions)) for t in texts]
             two += [c for c, t in zip(s["correct"], texts) if caption_kind(t) != "one-object"]
         pooled[name] = summarise_row(correct, reward, prompt, two)
+        if files[0][name].get("judge"):
+            pooled[name]["judge"] = files[0][name]["judge"]
     return pooled
 
 
@@ -148,7 +155,8 @@ def load_row_images(path: str) -> dict:
 def rejudge_results(results: dict, images: dict, **judge_options) -> dict:
     """``results`` (rows carrying ``"prompts"``) judged again by the current judge from their saved ``images``
     (``load_row_images``); rewards are kept. Rows without saved images are an error, not silently dropped.
-    ``judge_options`` (e.g. ``min_area_frac``) go to the judge's ``detect_objects``."""
+    ``judge_options`` (e.g. ``min_area_frac``) go to the judge's ``detect_objects`` and are recorded in each row as
+    ``"judge"`` (absent: the default judge), so ``pool_results`` refuses to mix rows judged differently."""
     from ..shapes.judge import prompt_correct
 
     out = {}
@@ -166,4 +174,6 @@ def rejudge_results(results: dict, images: dict, **judge_options) -> dict:
         correct = prompt_correct(list(pixels), texts, **judge_options).tolist()
         two = [c for c, t in zip(correct, texts) if caption_kind(t) != "one-object"]
         out[name] = {**summarise_row(correct, s["reward"], s["prompt"], two), "prompts": row["prompts"]}
+        if judge_options:
+            out[name]["judge"] = dict(judge_options)
     return out

@@ -252,7 +252,8 @@ def main(argv=None) -> None:
     if args.rejudge:
         saved = load_row_images(args.rejudge[1])
         results = rejudge_results(read_json(args.rejudge[0]), saved, **options)
-        print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}")
+        print_comparison(results, f"{args.rejudge[0]} judged again from {args.rejudge[1]}"
+                                  + (f", judge options {options}" if options else ""))
         if args.grid:
             prompts = next(iter(results.values()))["prompts"][:args.grid_prompts]
             print(f"wrote {comparison_grid(prompts, saved_grid_images(results, saved, args.grid_prompts), args.grid)}")
