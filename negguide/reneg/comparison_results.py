@@ -46,6 +46,47 @@ def gap_table(results: dict, reference: str) -> list[tuple[str, str, float, floa
     return rows
 
 
+def gap_by_level(results: dict, name: str, reference: str, groups: int = 3,
+                 same_images: bool = False) -> list[tuple[float, float, int, float, float]]:
+    """Whether row ``name`` gains over ``reference`` more on the captions ``reference`` does badly on: the captions
+    cut into ``groups`` equal groups by the reference's mean reward, lowest first, and in each (lowest level,
+    highest level, captions, accuracy gap, its s.e. clustered by caption).
+
+    A caption's level is read from *other* images than its gap: its images (in order) are split into two alternating
+    halves and each half is ranked by the reference's reward on the other half. Ranking by the very images whose gap
+    is measured would count a caption's bad luck under the reference (regression to the mean) as the row's gain;
+    ``same_images=True`` does just that, to show how much."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups = {groups!r} must be an integer >= 1")
+    for row in (name, reference):
+        if row not in results:
+            raise ValueError(f"no row {row!r} in the results (rows: {list(results)})")
+    s, ref = results[name]["samples"], results[reference]["samples"]
+    gaps = np.asarray(s["correct"], dtype=float) - np.asarray(ref["correct"], dtype=float)
+    ref_reward, prompts = np.asarray(ref["reward"], dtype=float), np.asarray(ref["prompt"])
+    units = []  # (level, caption, the half's image indices)
+    for caption in np.unique(prompts):
+        images = np.flatnonzero(prompts == caption)
+        if len(images) < 2:
+            raise ValueError(f"caption {caption} has {len(images)} image; levels need at least two a caption")
+        halves = images[0::2], images[1::2]
+        units += [(ref_reward[halves[k if same_images else 1 - k]].mean(), caption, halves[k]) for k in (0, 1)]
+    if len(units) < 2 * groups:
+        raise ValueError(f"{len(units) // 2} captions cannot make {groups} groups; pass fewer groups")
+    units.sort(key=lambda unit: unit[0])
+    rows = []
+    for group in np.array_split(np.arange(len(units)), groups):
+        chosen = [units[i] for i in group]
+        per_caption: dict = {}
+        for _, caption, images in chosen:
+            per_caption.setdefault(caption, []).extend(gaps[images])
+        means = np.array([np.mean(v) for v in per_caption.values()])
+        se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+        gap = float(np.concatenate([gaps[images] for *_, images in chosen]).mean())
+        rows.append((float(chosen[0][0]), float(chosen[-1][0]), len(per_caption), gap, se))
+    return rows
+
+
 #: reward bins of ``failure_reward_bins``: how sure the reward was that a judged failure satisfied its caption
 REWARD_BINS = (0.1, 0.5, 0.9)
 
@@ -135,6 +176,17 @@ def print_comparison(results: dict, title: str) -> None:
           f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
     for name, counts in failure_reward_bins(results).items():
         print(f"| {name} | {sum(counts)} | {' | '.join(str(c) for c in counts)} |")
+
+
+def print_gap_by_level(results: dict, name: str, reference: str, groups: int) -> None:
+    """``gap_by_level``'s table, levels read from held-apart images and, for contrast, from the same images (both
+    rank the same half-caption means, so the groups' levels and captions agree; only which half is measured differs)."""
+    print(f"\n{name} − {reference} accuracy on captions grouped by {reference}'s reward (held apart: each half of a "
+          "caption's images ranked by the other half; same images: by itself)\n"
+          "| level | captions | held apart | same images |\n|---|---|---|---|")
+    for (low, high, n, gap, se), (*_, same, same_se) in zip(gap_by_level(results, name, reference, groups),
+                                                            gap_by_level(results, name, reference, groups, same_images=True)):
+        print(f"| {low:.3f}-{high:.3f} | {n} | {gap:+.4f} ± {se:.4f} | {same:+.4f} ± {same_se:.4f} |")
 
 
 def save_row_images(images: dict, path: str) -> str:

@@ -26,8 +26,8 @@ import torch
 
 from ..shapes.bench import sequence_kwargs
 from ..shapes.world import CaptionProbs, caption_kind, sample_caption, sample_scene
-from .comparison_results import (load_row_images, pool_results, print_comparison, read_json, rejudge_results,
-                                 save_row_images, summarise_row)
+from .comparison_results import (load_row_images, pool_results, print_comparison, print_gap_by_level, read_json,
+                                 rejudge_results, save_row_images, summarise_row)
 
 HAND_WRITTEN = "a shape and a shape"  # a user's guess at what to avoid: extra objects
 _ASSETS = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld")
@@ -220,6 +220,11 @@ def main(argv=None) -> None:
     parser.add_argument("--pool", nargs="+", default=None, metavar="JSON",
                         help="judge nothing: pool the rows of earlier --out files (same row names) and print their "
                              "paired gaps, clustered by caption across the files")
+    parser.add_argument("--gap-by-level", nargs=2, default=None, metavar=("ROW", "REFERENCE"),
+                        help="with --pool: ROW − REFERENCE accuracy on the captions cut into --levels groups by "
+                             "REFERENCE's reward (ranked on held-apart images), e.g. 'ReNeg per-sample' 'ReNeg global'")
+    parser.add_argument("--levels", type=ranged(int, 1, 20, "--levels"), default=3,
+                        help="groups of captions of --gap-by-level (default 3)")
     parser.add_argument("--save-images", default=None, metavar="NPZ",
                         help="also save every judged image (uint8, row by row) to this .npz, for --rejudge")
     parser.add_argument("--rejudge", nargs=2, default=None, metavar=("JSON", "NPZ"),
@@ -259,8 +264,16 @@ def main(argv=None) -> None:
             print(f"wrote {comparison_grid(prompts, saved_grid_images(results, saved, args.grid_prompts), args.grid)}")
         _write_json(results, args.out)
         return
+    if args.gap_by_level and not args.pool:
+        parser.error("--gap-by-level reads pooled results: pass --pool JSON JSON ... with it")
     if args.pool:
-        print_comparison(pool_results([read_json(path) for path in args.pool]), "pooled: " + ", ".join(args.pool))
+        pooled = pool_results([read_json(path) for path in args.pool])
+        print_comparison(pooled, "pooled: " + ", ".join(args.pool))
+        if args.gap_by_level:
+            missing = [row for row in args.gap_by_level if row not in pooled]
+            if missing:
+                parser.error(f"--gap-by-level: no row {missing[0]!r} in the pooled results (rows: {list(pooled)})")
+            print_gap_by_level(pooled, *args.gap_by_level, args.levels)
         return
     late_steps = args.sampling_steps if args.per_sample_late_steps is None else args.per_sample_late_steps
     if late_steps > args.sampling_steps:
