@@ -194,3 +194,16 @@ def test_comparison_command_prints_gaps_by_level_of_pooled_files(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--gap-by-level", "row", "reference"])
     assert "pass --pool" in capsys.readouterr().err
+
+
+def test_verdict_changes_count_both_ways_and_the_reward_change_on_each():
+    from negguide.reneg.comparison_results import verdict_changes
+
+    prompts = ["a red circle"]
+    results = {"ref": _row([True, False, False, True, True], [0.9, 0.2, 0.1, 0.8, 0.7], [0] * 5, prompts),
+               "new": _row([True, True, False, False, True], [1.0, 0.9, 0.1, 0.3, 0.8], [0] * 5, prompts)}
+    v = verdict_changes(results, "new", "ref")
+    assert v["to pass"] == 1 and v["to fail"] == 1
+    assert v["reward change to pass"] == pytest.approx(0.7) and v["reward change to fail"] == pytest.approx(-0.5)
+    assert v["reward change unchanged"] == pytest.approx((0.1 + 0.0 + 0.1) / 3)
+    assert np.isnan(verdict_changes(results, "ref", "ref")["reward change to pass"])  # nothing changed

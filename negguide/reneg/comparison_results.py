@@ -87,6 +87,20 @@ def gap_by_level(results: dict, name: str, reference: str, groups: int = 3,
     return rows
 
 
+def verdict_changes(results: dict, name: str, reference: str) -> dict:
+    """Which images' verdicts change from ``reference`` to ``name`` (paired image by image): how many turn to pass
+    and to fail, and the mean reward change on those and on the images whose verdict stays. An accuracy gap made of
+    many changes both ways is churn (other trajectories), not a systematic fix; a reward gain on unchanged verdicts
+    is confidence the judge does not see."""
+    s, ref = results[name]["samples"], results[reference]["samples"]
+    now, before = np.asarray(s["correct"], dtype=bool), np.asarray(ref["correct"], dtype=bool)
+    change = np.asarray(s["reward"], dtype=float) - np.asarray(ref["reward"], dtype=float)
+    masks = {"to pass": now & ~before, "to fail": before & ~now, "unchanged": now == before}
+    mean = lambda mask: float(change[mask].mean()) if mask.any() else float("nan")
+    return {"to pass": int(masks["to pass"].sum()), "to fail": int(masks["to fail"].sum()),
+            **{f"reward change {k}": mean(m) for k, m in masks.items()}}
+
+
 #: reward bins of ``failure_reward_bins``: how sure the reward was that a judged failure satisfied its caption
 REWARD_BINS = (0.1, 0.5, 0.9)
 
@@ -165,12 +179,16 @@ def print_comparison(results: dict, title: str) -> None:
         two = "n/a" if r["two-object accuracy"] is None else f"{r['two-object accuracy']:.3f}"  # no two-object prompt
         print(f"| {name} | {r['prompt accuracy']:.3f} | {two} | {r['reward']:.3f} |")
     names = list(results)
-    print("\npaired gaps (same noise per image; s.e. clustered by prompt)\n"
-          "| negative | against | accuracy gap | reward gap |\n|---|---|---|---|")
+    print("\npaired gaps (same noise per image; s.e. clustered by prompt); verdicts changed: images turned to pass / "
+          "to fail (their reward change; that of the images whose verdict stays)\n"
+          "| negative | against | accuracy gap | reward gap | verdicts changed |\n|---|---|---|---|---|")
     for position, reference in enumerate(names):  # every row against every row above it
         for name, ref, acc, acc_se, rew, rew_se in gap_table(results, reference):
             if names.index(name) > position:
-                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} |")
+                v = verdict_changes(results, name, reference)
+                print(f"| {name} | {ref} | {acc:+.3f} ± {acc_se:.3f} | {rew:+.3f} ± {rew_se:.3f} | {v['to pass']} / "
+                      f"{v['to fail']} ({v['reward change to pass']:+.2f} / {v['reward change to fail']:+.2f}; "
+                      f"{v['reward change unchanged']:+.4f}) |")
     labels = [f"< {REWARD_BINS[0]}"] + [f"{a}-{b}" for a, b in zip(REWARD_BINS, REWARD_BINS[1:])] + [f">= {REWARD_BINS[-1]}"]
     print("\njudged failures by the reward they got (low: the reward sees them; high: it does not)\n"
           f"| negative | failures | {' | '.join(labels)} |\n|---|---|{'---|' * len(labels)}")
