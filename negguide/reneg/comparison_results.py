@@ -62,7 +62,7 @@ def gap_by_level(results: dict, name: str, reference: str, groups: int = 3,
         if row not in results:
             raise ValueError(f"no row {row!r} in the results (rows: {list(results)})")
     s, ref = results[name]["samples"], results[reference]["samples"]
-    gaps = np.asarray(s["correct"], dtype=float) - np.asarray(ref["correct"], dtype=float)
+    correct, ref_correct = np.asarray(s["correct"], dtype=float), np.asarray(ref["correct"], dtype=float)
     ref_reward, prompts = np.asarray(ref["reward"], dtype=float), np.asarray(ref["prompt"])
     units = []  # (level, caption, the half's image indices)
     for caption in np.unique(prompts):
@@ -77,13 +77,9 @@ def gap_by_level(results: dict, name: str, reference: str, groups: int = 3,
     rows = []
     for group in np.array_split(np.arange(len(units)), groups):
         chosen = [units[i] for i in group]
-        per_caption: dict = {}
-        for _, caption, images in chosen:
-            per_caption.setdefault(caption, []).extend(gaps[images])
-        means = np.array([np.mean(v) for v in per_caption.values()])
-        se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
-        gap = float(np.concatenate([gaps[images] for *_, images in chosen]).mean())
-        rows.append((float(chosen[0][0]), float(chosen[-1][0]), len(per_caption), gap, se))
+        images = np.concatenate([half for *_, half in chosen])
+        gap, se = paired_gap(correct[images], ref_correct[images], prompts[images])
+        rows.append((float(chosen[0][0]), float(chosen[-1][0]), len(np.unique(prompts[images])), gap, se))
     return rows
 
 
