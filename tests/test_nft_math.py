@@ -1,4 +1,4 @@
-"""DiffusionNFT pure math: optimality probability, loss (velocity and x0 forms), gradients, EMAs.
+"""DiffusionNFT pure math: optimality probability, loss (velocity and x0 forms), gradients (EMAs: test_nft_ema.py).
 
 Gradients come from torch.autograd and are compared with the closed forms derived in the comments. Notation:
 d = v_theta - v_old, e = (x_t - s v_old) - x0 (the old policy's x0 error), n = elements per sample, B = batch size,
@@ -16,9 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from negguide.nft import (
-    adaptive_x0_loss, advantage_to_probability, check_loss_inputs, ema_update_, eval_ema_decay, group_advantages,
-    group_stats, native_kl_scale, nft_loss, nft_loss_x0, old_policy_decay, optimality_probability, x0_from_flow,
-    x0_from_prediction,
+    adaptive_x0_loss, advantage_to_probability, check_loss_inputs, group_advantages, group_stats, native_kl_scale,
+    nft_loss, nft_loss_x0, optimality_probability, x0_from_flow, x0_from_prediction,
 )
 
 FAST = settings(max_examples=40, deadline=None)
@@ -353,45 +352,6 @@ def test_check_loss_inputs():
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="v_old contains NaN"):
         check_loss_inputs(torch.full((3,), 0.5), x0=x0, v_old=bad)
-
-
-# ----------------------------------------------------------------------------------------------- EMAs
-
-
-def test_decay_schedules():
-    assert [old_policy_decay(s) for s in (0, 100, 499, 500, 10_000)] == pytest.approx([0, 0.1, 0.499, 0.5, 0.5])
-    assert old_policy_decay(50, rate=0.0075, max_decay=0.999, flat=75) == 0.0
-    assert [eval_ema_decay(s) for s in (0, 1, 80, 10_000)] == pytest.approx([0.1, 2 / 11, 0.9, 0.9])
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="step"):
-            old_policy_decay(bad)
-
-
-def test_ema_update_lists_and_dicts():
-    target = [torch.zeros(2), torch.ones(3)]
-    ema_update_(target, [torch.full((2,), 10.0), torch.full((3,), 3.0)], decay=0.25)
-    assert target[0].tolist() == [7.5, 7.5] and target[1].tolist() == [2.5, 2.5, 2.5]
-    weight = torch.nn.Parameter(torch.randn(4))
-    old = {"w": weight.detach().clone() + 1}
-    ema_update_(old, {"w": weight}, decay=0.0)  # d = 0: exact copy, no autograd history
-    assert torch.equal(old["w"], weight.detach()) and not old["w"].requires_grad
-    before = old["w"].clone()
-    ema_update_(old, {"w": torch.zeros(4)}, decay=1.0)
-    assert torch.equal(old["w"], before)
-    ema_update_([weight], [torch.zeros(4)], decay=0.5)  # a leaf parameter can be the target (under no_grad)
-    torch.testing.assert_close(weight.detach(), before / 2)
-
-
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(target=[torch.zeros(2)], source=[torch.zeros(2)], decay=1.5), ValueError, "decay must be a number in"),
-    (dict(target=[torch.zeros(2)], source=[torch.zeros(3)], decay=0.5), ValueError, r"target shape \(2,\)"),
-    (dict(target={"a": torch.zeros(2)}, source={"b": torch.zeros(2)}, decay=0.5), ValueError, "different keys"),
-    (dict(target=[torch.zeros(2)], source=[], decay=0.5), ValueError, "1 tensors but source has 0"),
-    (dict(target={"a": torch.zeros(2)}, source=[torch.zeros(2)], decay=0.5), TypeError, "both be dicts"),
-])
-def test_ema_update_errors(kwargs, error, message):
-    with pytest.raises(error, match=message):
-        ema_update_(**kwargs)
 
 
 def test_loss_has_no_graph_breaks():
