@@ -1,9 +1,10 @@
-# The README's two commands: `make compare` (main job on the bundled model) and `make test`; `make demo` opens the app.
+# The README's two commands: `make compare` (main job on the bundled model) and `make test`; `make demo` opens the app;
+# `make lint` (ruff + the import layers) runs in CI before the tests.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test bench compare demo clean
+.PHONY: setup test lint format bench compare demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,10 +14,19 @@ $(BIN)/python:
 # the package itself only asks for a range that this pin satisfies.
 setup: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,train]"
+	$(BIN)/pip install -q -e ".[test,train,dev]"
 
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # main job: the bundled ShapeWorld model, every method side by side with the same seed, judged;
 # writes outputs/compare/grid.png and one PNG per image

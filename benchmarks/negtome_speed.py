@@ -92,8 +92,17 @@ def pipeline_run(pipe, device, size: int, steps: int, extra: dict, settings) -> 
     if handle is not None:
         count_merges(handle, per_forward)
     try:
-        pipe("a red shape", num_images_per_prompt=2, num_inference_steps=steps, height=size, width=size,
-             output_type="latent", generator=torch.Generator().manual_seed(0), callback_on_step_end=stamp, **extra)
+        pipe(
+            "a red shape",
+            num_images_per_prompt=2,
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+            callback_on_step_end=stamp,
+            **extra,
+        )
     finally:
         hook.remove()
         if handle is not None:
@@ -116,8 +125,16 @@ def measure_pipeline(name: str, pipe, device, size: int, steps: int, repeats: in
             whole[key].append(total)
     step = {k: statistics.median(v) for k, v in per_step.items()}
     run = {k: statistics.median(v) for k, v in whole.items()}
-    return dict(model=name, px=size, off=step["off"], on=step["open"], merged=merged["open"], run_off=run["off"],
-                run_default=run["default"], default_merged=merged["default"])
+    return dict(
+        model=name,
+        px=size,
+        off=step["off"],
+        on=step["open"],
+        merged=merged["open"],
+        run_off=run["off"],
+        run_default=run["default"],
+        default_merged=merged["default"],
+    )
 
 
 def sdxl_unet():
@@ -126,10 +143,17 @@ def sdxl_unet():
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
         up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
     )
 
@@ -146,11 +170,14 @@ def measure_unet(name: str, unet, device, dtype, size: int, repeats: int) -> dic
         sample=torch.randn(rows, unet.config.in_channels, latent, latent, generator=g).to(**cast),
         timestep=torch.tensor(999, device=device),
         encoder_hidden_states=torch.randn(rows, 77, context, generator=g).to(**cast),
-        added_cond_kwargs=dict(text_embeds=torch.randn(rows, pooled, generator=g).to(**cast),
-                               time_ids=torch.tensor([size, size, 0, 0, size, size]).repeat(rows, 1).to(**cast)),
+        added_cond_kwargs=dict(
+            text_embeds=torch.randn(rows, pooled, generator=g).to(**cast),
+            time_ids=torch.tensor([size, size, 0, 0, size, size]).repeat(rows, 1).to(**cast),
+        ),
     )
-    handle = NegToMeHandle(unet, "sdxl", OPEN, groups=lambda r: 2 if r % 2 == 0 else 1,
-                           scheduler=EulerDiscreteScheduler())
+    handle = NegToMeHandle(
+        unet, "sdxl", OPEN, groups=lambda r: 2 if r % 2 == 0 else 1, scheduler=EulerDiscreteScheduler()
+    )
     per_forward: list[int] = []
     count_merges(handle, per_forward)
     samples: dict = {False: [], True: []}
@@ -169,8 +196,13 @@ def measure_unet(name: str, unet, device, dtype, size: int, repeats: int) -> dic
                 handle.remove()
             if i:
                 samples[on].append(elapsed)
-    return dict(model=name, px=size, off=statistics.median(samples[False]), on=statistics.median(samples[True]),
-                merged=per_forward[3::2])  # the timed forwards with NegToMe on
+    return dict(
+        model=name,
+        px=size,
+        off=statistics.median(samples[False]),
+        on=statistics.median(samples[True]),
+        merged=per_forward[3::2],
+    )  # the timed forwards with NegToMe on
 
 
 # ---------------------------------------------------------------------------------------------- token matching
@@ -221,13 +253,20 @@ def memory_rows(args, device, dtype) -> tuple:
             if kind == "dense" and 2 * 4 * (4 * n * 2 * n) / 2**30 > args.dense_max_gib:  # 2 fp32 [4, N, 2N]
                 row[kind] = None
                 continue
-            spec = dict(device=str(device), dtype=str(dtype).split(".")[-1], tokens=n, dim=args.dim, chunk=chunk,
-                        repeats=args.repeats)
+            spec = dict(
+                device=str(device),
+                dtype=str(dtype).split(".")[-1],
+                tokens=n,
+                dim=args.dim,
+                chunk=chunk,
+                repeats=args.repeats,
+            )
             if device.type == "cuda":
                 row[kind] = measure_match(spec)
             else:
-                done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                      text=True, check=True)
+                done = subprocess.run(
+                    [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=True
+                )
                 row[kind] = json.loads(done.stdout.strip().splitlines()[-1])
             how.add(row[kind]["how"])
         rows.append(row)
@@ -254,8 +293,14 @@ def measure_model(model: str, args, device, dtype) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=None, metavar="MODEL",
-                        help=f"of {', '.join(MODELS)}; default: all but sdxl (none when only --memory is given)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=None,
+        metavar="MODEL",
+        help=f"of {', '.join(MODELS)}; default: all but sdxl (none when only --memory is given)",
+    )
     parser.add_argument("--memory", action="store_true", help="also measure the token matching's memory and time")
     parser.add_argument("--tokens", nargs="+", type=int, default=[256, 1024, 4096, 16384], help="N per image")
     parser.add_argument("--dim", type=int, default=640, help="token width D")
@@ -266,8 +311,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="pixel resolution of sd15 and sdxl (latent = size/8)")
     parser.add_argument("--tiny-size", type=int, default=32, help="pixel resolution of the tiny models")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                        help="default float16 on cuda, float32 on cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="default float16 on cuda, float32 on cpu",
+    )
     parser.add_argument("--out", default=None, help="also write the Markdown to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,7 +328,9 @@ def main() -> None:
     if args.steps < 2 or args.repeats < 1:
         parser.error(f"--steps must be >= 2 and --repeats >= 1, got {args.steps} and {args.repeats}")
     if args.size % 16 or args.tiny_size % 16 or args.size < 64:
-        parser.error(f"--size and --tiny-size must be multiples of 16 (--size >= 64), got {args.size}, {args.tiny_size}")
+        parser.error(
+            f"--size and --tiny-size must be multiples of 16 (--size >= 64), got {args.size}, {args.tiny_size}"
+        )
     if min(args.tokens) < 16 or args.dim < 1 or args.chunk < 1:
         parser.error("--tokens must be >= 16, --dim and --chunk >= 1")
     models = args.models if args.models is not None else ([] if args.memory else [m for m in MODELS if m != "sdxl"])
@@ -288,30 +339,59 @@ def main() -> None:
 
     rows = [measure_model(model, args, device, dtype) for model in models]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    lines = [f"device: {device} ({name}), dtype: {str(dtype)[6:]}, torch {torch.__version__}, "
-             f"diffusers {diffusers.__version__}, repeats: {args.repeats}, steps: {args.steps}", ""]
+    lines = [
+        f"device: {device} ({name}), dtype: {str(dtype)[6:]}, torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, repeats: {args.repeats}, steps: {args.steps}",
+        "",
+    ]
     if rows:
-        lines += ["| model | px | off ms/step | on ms/step (window open) | on/off | merged fwd x layers | "
-                  "run off ms | run default window ms | default/off | default merged |", "|---" * 10 + "|"]
+        lines += [
+            "| model | px | off ms/step | on ms/step (window open) | on/off | merged fwd x layers | "
+            "run off ms | run default window ms | default/off | default merged |",
+            "|---" * 10 + "|",
+        ]
         for r in rows:
-            run = ["-"] * 4 if "run_off" not in r else [
-                f"{1000 * r['run_off']:.1f}", f"{1000 * r['run_default']:.1f}", f"{r['run_default'] / r['run_off']:.2f}",
-                merged_text(r["default_merged"])]
-            cells = [r["model"], r["px"], f"{1000 * r['off']:.1f}", f"{1000 * r['on']:.1f}", f"{r['on'] / r['off']:.2f}",
-                     merged_text(r["merged"]), *run]
+            run = (
+                ["-"] * 4
+                if "run_off" not in r
+                else [
+                    f"{1000 * r['run_off']:.1f}",
+                    f"{1000 * r['run_default']:.1f}",
+                    f"{r['run_default'] / r['run_off']:.2f}",
+                    merged_text(r["default_merged"]),
+                ]
+            )
+            cells = [
+                r["model"],
+                r["px"],
+                f"{1000 * r['off']:.1f}",
+                f"{1000 * r['on']:.1f}",
+                f"{r['on'] / r['off']:.2f}",
+                merged_text(r["merged"]),
+                *run,
+            ]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")
     if args.memory:
         table, how = memory_rows(args, device, dtype)
-        lines += [f"token matching, D={args.dim}, 2 groups x 2 images vs 2N tokens each, chunk {args.chunk} "
-                  f"(memory: {how}):", "",
-                  "| N | chunked MiB | dense MiB | dense/chunked memory | chunked ms | dense ms | dense/chunked time |",
-                  "|---" * 7 + "|"]
+        lines += [
+            f"token matching, D={args.dim}, 2 groups x 2 images vs 2N tokens each, chunk {args.chunk} (memory: {how}):",
+            "",
+            "| N | chunked MiB | dense MiB | dense/chunked memory | chunked ms | dense ms | dense/chunked time |",
+            "|---" * 7 + "|",
+        ]
         for r in table:
             c, d = r["chunked"], r["dense"]
-            dense = ["skipped (--dense-max-gib)", "-", "-", "-"] if d is None else [
-                f"{d['mib']:.1f}", f"{d['mib'] / max(c['mib'], 1e-3):.1f}", f"{1000 * d['seconds']:.1f}",
-                f"{d['seconds'] / c['seconds']:.2f}"]
+            dense = (
+                ["skipped (--dense-max-gib)", "-", "-", "-"]
+                if d is None
+                else [
+                    f"{d['mib']:.1f}",
+                    f"{d['mib'] / max(c['mib'], 1e-3):.1f}",
+                    f"{1000 * d['seconds']:.1f}",
+                    f"{d['seconds'] / c['seconds']:.2f}",
+                ]
+            )
             cells = [r["tokens"], f"{c['mib']:.1f}", dense[0], dense[1], f"{1000 * c['seconds']:.1f}", *dense[2:]]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
     text = "\n".join(lines)

@@ -29,20 +29,48 @@ def sd15_random_pipeline():
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, sample_size=64,
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        sample_size=64,
     )
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        norm_num_groups=4,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-                                                num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -54,8 +82,17 @@ def step_times(pipe, steps: int, resolution: int, negatives: list[str], extra: d
         stamps.append(time.perf_counter())
         return kw
 
-    pipe("a red shape", negatives=negatives, num_inference_steps=steps, height=resolution, width=resolution,
-         output_type="latent", generator=torch.Generator().manual_seed(0), callback_on_step_end=stamp, **extra)
+    pipe(
+        "a red shape",
+        negatives=negatives,
+        num_inference_steps=steps,
+        height=resolution,
+        width=resolution,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=stamp,
+        **extra,
+    )
     return [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..n: the first includes warm-up
 
 
@@ -73,8 +110,18 @@ def measure(name: str, pipe, resolution: int, ks: list[int], steps: int, repeats
     rows = []
     for k in configs:
         t = statistics.median(samples[k])
-        rows.append(dict(model=name, resolution=resolution, negatives=k, rows_per_step=k + 2, ms_per_step=1000 * t,
-                         time_ratio=t / base, row_ratio=(k + 2) / 2, overhead_pct=100 * (t / base / ((k + 2) / 2) - 1)))
+        rows.append(
+            dict(
+                model=name,
+                resolution=resolution,
+                negatives=k,
+                rows_per_step=k + 2,
+                ms_per_step=1000 * t,
+                time_ratio=t / base,
+                row_ratio=(k + 2) / 2,
+                overhead_pct=100 * (t / base / ((k + 2) / 2) - 1),
+            )
+        )
     return rows
 
 
@@ -102,14 +149,17 @@ def main() -> None:
                 rows += measure(f"tiny-{family}", pipe, 32, args.negatives, max(args.steps, 8), args.repeats * 3, extra)
         else:
             pipe = sd15_random_pipeline().to(device)
-            rows += measure("sd15-size UNet (random)", pipe, args.sd15_resolution, args.negatives, args.steps,
-                            args.repeats, {})
+            rows += measure(
+                "sd15-size UNet (random)", pipe, args.sd15_resolution, args.negatives, args.steps, args.repeats, {}
+            )
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print("| model | res | K | rows/step | ms/step | time ratio | row ratio (K+2)/2 | overhead |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['resolution']} | {r['negatives']} | {r['rows_per_step']} | {r['ms_per_step']:.1f} | "
-              f"{r['time_ratio']:.2f} | {r['row_ratio']:.1f} | {r['overhead_pct']:+.1f}% |")
+        print(
+            f"| {r['model']} | {r['resolution']} | {r['negatives']} | {r['rows_per_step']} | {r['ms_per_step']:.1f} | "
+            f"{r['time_ratio']:.2f} | {r['row_ratio']:.1f} | {r['overhead_pct']:+.1f}% |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -28,7 +28,6 @@ def has_accelerator_device() -> bool:
 def make_accelerator(**kwargs):
     """``accelerate.Accelerator(**kwargs)``, on the CPU (gloo between processes) when there is no GPU."""
     from accelerate import Accelerator
-
     from accelerate.state import AcceleratorState
 
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1

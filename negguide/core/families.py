@@ -47,10 +47,6 @@ class FamilyAdapter:
         return scale > 1.0
 
 
-def _options(call: dict, *names) -> dict:
-    return {n: call[n] for n in names if call.get(n) is not None}
-
-
 def _lora_scale(call: dict):
     for key in ("cross_attention_kwargs", "joint_attention_kwargs"):
         if call.get(key):
@@ -61,16 +57,27 @@ def _lora_scale(call: dict):
 class _SD(FamilyAdapter):
     def encode(self, pipe, prompts, num_images_per_prompt, device, options):
         embeds, _ = pipe.encode_prompt(
-            prompts, device, num_images_per_prompt, False, None,
-            lora_scale=options.get("lora_scale"), clip_skip=options.get("clip_skip"),
+            prompts,
+            device,
+            num_images_per_prompt,
+            False,
+            None,
+            lora_scale=options.get("lora_scale"),
+            clip_skip=options.get("clip_skip"),
         )
         return {"encoder_hidden_states": embeds}
 
     def encode_pair(self, pipe, call, batch_size, num_images_per_prompt, device):
         positive, negative = pipe.encode_prompt(
-            call.get("prompt"), device, num_images_per_prompt, True, call.get("negative_prompt"),
-            prompt_embeds=call.get("prompt_embeds"), negative_prompt_embeds=call.get("negative_prompt_embeds"),
-            lora_scale=_lora_scale(call), clip_skip=call.get("clip_skip"),
+            call.get("prompt"),
+            device,
+            num_images_per_prompt,
+            True,
+            call.get("negative_prompt"),
+            prompt_embeds=call.get("prompt_embeds"),
+            negative_prompt_embeds=call.get("negative_prompt_embeds"),
+            lora_scale=_lora_scale(call),
+            clip_skip=call.get("clip_skip"),
         )
         return {"encoder_hidden_states": positive}, {"encoder_hidden_states": negative}
 
@@ -78,20 +85,30 @@ class _SD(FamilyAdapter):
 class _SDXL(FamilyAdapter):
     def encode(self, pipe, prompts, num_images_per_prompt, device, options):
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, device=device, num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=False, lora_scale=options.get("lora_scale"), clip_skip=options.get("clip_skip"),
+            prompt=prompts,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=False,
+            lora_scale=options.get("lora_scale"),
+            clip_skip=options.get("clip_skip"),
         )
         return {"encoder_hidden_states": embeds, "added_cond_kwargs.text_embeds": pooled}
 
     def encode_pair(self, pipe, call, batch_size, num_images_per_prompt, device):
         positive, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=call.get("prompt"), prompt_2=call.get("prompt_2"), device=device,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=True,
-            negative_prompt=call.get("negative_prompt"), negative_prompt_2=call.get("negative_prompt_2"),
-            prompt_embeds=call.get("prompt_embeds"), negative_prompt_embeds=call.get("negative_prompt_embeds"),
+            prompt=call.get("prompt"),
+            prompt_2=call.get("prompt_2"),
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=True,
+            negative_prompt=call.get("negative_prompt"),
+            negative_prompt_2=call.get("negative_prompt_2"),
+            prompt_embeds=call.get("prompt_embeds"),
+            negative_prompt_embeds=call.get("negative_prompt_embeds"),
             pooled_prompt_embeds=call.get("pooled_prompt_embeds"),
             negative_pooled_prompt_embeds=call.get("negative_pooled_prompt_embeds"),
-            lora_scale=_lora_scale(call), clip_skip=call.get("clip_skip"),
+            lora_scale=_lora_scale(call),
+            clip_skip=call.get("clip_skip"),
         )
         return (
             {"encoder_hidden_states": positive, "added_cond_kwargs.text_embeds": pooled},
@@ -107,22 +124,35 @@ class _SDXL(FamilyAdapter):
 class _SD3(FamilyAdapter):
     def encode(self, pipe, prompts, num_images_per_prompt, device, options):
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=False, clip_skip=options.get("clip_skip"),
-            max_sequence_length=options.get("max_sequence_length", 256), lora_scale=options.get("lora_scale"),
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=False,
+            clip_skip=options.get("clip_skip"),
+            max_sequence_length=options.get("max_sequence_length", 256),
+            lora_scale=options.get("lora_scale"),
         )
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
     def encode_pair(self, pipe, call, batch_size, num_images_per_prompt, device):
         positive, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=call.get("prompt"), prompt_2=call.get("prompt_2"), prompt_3=call.get("prompt_3"), device=device,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=True,
-            negative_prompt=call.get("negative_prompt"), negative_prompt_2=call.get("negative_prompt_2"),
-            negative_prompt_3=call.get("negative_prompt_3"), prompt_embeds=call.get("prompt_embeds"),
+            prompt=call.get("prompt"),
+            prompt_2=call.get("prompt_2"),
+            prompt_3=call.get("prompt_3"),
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=True,
+            negative_prompt=call.get("negative_prompt"),
+            negative_prompt_2=call.get("negative_prompt_2"),
+            negative_prompt_3=call.get("negative_prompt_3"),
+            prompt_embeds=call.get("prompt_embeds"),
             negative_prompt_embeds=call.get("negative_prompt_embeds"),
             pooled_prompt_embeds=call.get("pooled_prompt_embeds"),
             negative_pooled_prompt_embeds=call.get("negative_pooled_prompt_embeds"),
-            clip_skip=call.get("clip_skip"), max_sequence_length=call.get("max_sequence_length", 256),
+            clip_skip=call.get("clip_skip"),
+            max_sequence_length=call.get("max_sequence_length", 256),
             lora_scale=_lora_scale(call),
         )
         return (
@@ -141,17 +171,26 @@ class _Flux(FamilyAdapter):
 
     def encode(self, pipe, prompts, num_images_per_prompt, device, options):
         embeds, pooled, _ = pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=num_images_per_prompt,
-            max_sequence_length=options.get("max_sequence_length", 512), lora_scale=options.get("lora_scale"),
+            prompt=prompts,
+            prompt_2=None,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=options.get("max_sequence_length", 512),
+            lora_scale=options.get("lora_scale"),
         )
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
     def encode_pair(self, pipe, call, batch_size, num_images_per_prompt, device):
         max_length = call.get("max_sequence_length", 512)
         positive, positive_pooled, _ = pipe.encode_prompt(
-            prompt=call.get("prompt"), prompt_2=call.get("prompt_2"), prompt_embeds=call.get("prompt_embeds"),
-            pooled_prompt_embeds=call.get("pooled_prompt_embeds"), device=device,
-            num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_length, lora_scale=_lora_scale(call),
+            prompt=call.get("prompt"),
+            prompt_2=call.get("prompt_2"),
+            prompt_embeds=call.get("prompt_embeds"),
+            pooled_prompt_embeds=call.get("pooled_prompt_embeds"),
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_length,
+            lora_scale=_lora_scale(call),
         )
         negative = call.get("negative_prompt")
         negative_embeds = call.get("negative_prompt_embeds")
@@ -163,9 +202,14 @@ class _Flux(FamilyAdapter):
         if isinstance(negative_2, str):
             negative_2 = [negative_2] * batch_size
         embeds, pooled, _ = pipe.encode_prompt(
-            prompt=negative, prompt_2=negative_2, prompt_embeds=negative_embeds,
-            pooled_prompt_embeds=call.get("negative_pooled_prompt_embeds"), device=device,
-            num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_length, lora_scale=_lora_scale(call),
+            prompt=negative,
+            prompt_2=negative_2,
+            prompt_embeds=negative_embeds,
+            pooled_prompt_embeds=call.get("negative_pooled_prompt_embeds"),
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=max_length,
+            lora_scale=_lora_scale(call),
         )
         return (
             {"encoder_hidden_states": positive, "pooled_projections": positive_pooled},
@@ -173,8 +217,13 @@ class _Flux(FamilyAdapter):
         )
 
     def inner_overrides(self, call):
-        return {"true_cfg_scale": 1.0, "negative_prompt": None, "negative_prompt_2": None,
-                "negative_prompt_embeds": None, "negative_pooled_prompt_embeds": None}
+        return {
+            "true_cfg_scale": 1.0,
+            "negative_prompt": None,
+            "negative_prompt_2": None,
+            "negative_prompt_embeds": None,
+            "negative_pooled_prompt_embeds": None,
+        }
 
     def cfg_enabled(self, call, scale, has_negatives=False):
         # diffusers' Flux runs true CFG only with a negative prompt; negguide's negatives bring u = e("") along
@@ -183,21 +232,52 @@ class _Flux(FamilyAdapter):
 
 
 ADAPTERS = {
-    "sd": _SD("sd", "StableDiffusionPipeline", "unet", "sample", ("encoder_hidden_states",),
-              ("timestep_cond",), "guidance_scale", ("unet", "vae", "text_encoder", "tokenizer", "scheduler")),
-    "sdxl": _SDXL("sdxl", "StableDiffusionXLPipeline", "unet", "sample",
-                  ("encoder_hidden_states", "added_cond_kwargs.text_embeds"),
-                  ("timestep_cond", "added_cond_kwargs.time_ids"), "guidance_scale",
-                  ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler")),
-    "sd3": _SD3("sd3", "StableDiffusion3Pipeline", "transformer", "hidden_states",
-                ("encoder_hidden_states", "pooled_projections"), ("timestep",), "guidance_scale",
-                ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")),
-    "flux": _Flux("flux", "FluxPipeline", "transformer", "hidden_states",
-                  ("encoder_hidden_states", "pooled_projections"), ("timestep", "guidance"), "true_cfg_scale",
-                  ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")),
+    "sd": _SD(
+        "sd",
+        "StableDiffusionPipeline",
+        "unet",
+        "sample",
+        ("encoder_hidden_states",),
+        ("timestep_cond",),
+        "guidance_scale",
+        ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    ),
+    "sdxl": _SDXL(
+        "sdxl",
+        "StableDiffusionXLPipeline",
+        "unet",
+        "sample",
+        ("encoder_hidden_states", "added_cond_kwargs.text_embeds"),
+        ("timestep_cond", "added_cond_kwargs.time_ids"),
+        "guidance_scale",
+        ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler"),
+    ),
+    "sd3": _SD3(
+        "sd3",
+        "StableDiffusion3Pipeline",
+        "transformer",
+        "hidden_states",
+        ("encoder_hidden_states", "pooled_projections"),
+        ("timestep",),
+        "guidance_scale",
+        ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+    ),
+    "flux": _Flux(
+        "flux",
+        "FluxPipeline",
+        "transformer",
+        "hidden_states",
+        ("encoder_hidden_states", "pooled_projections"),
+        ("timestep", "guidance"),
+        "true_cfg_scale",
+        ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+    ),
 }
 
-SUPPORTED = "SD1.x/2.x (UNet2DConditionModel), SDXL (UNet with text_time embedding), SD3 (SD3Transformer2DModel), Flux (FluxTransformer2DModel)"
+SUPPORTED = (
+    "SD1.x/2.x (UNet2DConditionModel), SDXL (UNet with text_time embedding), SD3 (SD3Transformer2DModel), "
+    "Flux (FluxTransformer2DModel)"
+)
 
 
 def detect_family(components: dict) -> str:
@@ -249,16 +329,8 @@ def set_nested(kwargs: dict, key: str, value) -> None:
         kwargs[head] = value
 
 
-def rows_of(conditioning: Conditioning) -> int:
-    return next(iter(conditioning.values())).shape[0]
-
-
-def concat_conditionings(parts: list[Conditioning]) -> Conditioning:
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
 def split_conditioning(conditioning: Conditioning, chunks: int) -> list[Conditioning]:
-    """Inverse of ``concat_conditionings`` for equal parts."""
+    """A conditioning of ``chunks`` equal row blocks -> one conditioning per block."""
     pieces = {k: v.chunk(chunks) for k, v in conditioning.items()}
     return [{k: pieces[k][i] for k in conditioning} for i in range(chunks)]
 
@@ -272,8 +344,12 @@ def repeat_per_image(conditioning: Conditioning, like: Conditioning, num_images_
     out = dict(conditioning)
     for key, value in conditioning.items():
         want = like.get(key)
-        if (isinstance(value, torch.Tensor) and isinstance(want, torch.Tensor) and num_images_per_prompt > 1
-                and value.shape[0] * num_images_per_prompt == want.shape[0]):
+        if (
+            isinstance(value, torch.Tensor)
+            and isinstance(want, torch.Tensor)
+            and num_images_per_prompt > 1
+            and value.shape[0] * num_images_per_prompt == want.shape[0]
+        ):
             out[key] = value.repeat_interleave(num_images_per_prompt, dim=0)
     return out
 
@@ -288,11 +364,15 @@ def check_shared_embeds(call: dict, batch_size: int) -> dict:
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if value.ndim not in (2, 3):
-            raise ValueError(f"{name} has shape {tuple(value.shape)}; expected [batch, tokens, dim] (or [batch, dim] pooled)")
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}; expected [batch, tokens, dim] (or [batch, dim] pooled)"
+            )
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} holds NaN or infinite values; re-create or re-train the embedding")
         if value.shape[0] == 1 and batch_size > 1:
             call[name] = value.expand(batch_size, *value.shape[1:]).contiguous()
         elif value.shape[0] != batch_size:
-            raise ValueError(f"{name} has {value.shape[0]} rows but there are {batch_size} prompts: give 1 or {batch_size}")
+            raise ValueError(
+                f"{name} has {value.shape[0]} rows but there are {batch_size} prompts: give 1 or {batch_size}"
+            )
     return call

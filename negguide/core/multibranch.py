@@ -10,12 +10,12 @@ scheduler, callbacks, decoding) stays the pipeline's own.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from .families import Conditioning, FamilyAdapter, get_nested, set_nested
+from negguide.core.families import Conditioning, FamilyAdapter, get_nested, set_nested
 
 POSITIVE = "positive"
 
@@ -53,7 +53,7 @@ class MultiBranchDenoiser:
     _pending: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ install / remove
-    def install(self) -> "MultiBranchDenoiser":
+    def install(self) -> MultiBranchDenoiser:
         if self._handles:
             raise RuntimeError("MultiBranchDenoiser is already installed; remove() it first")
         self._signature = inspect.signature(self.denoiser.forward)
@@ -71,7 +71,7 @@ class MultiBranchDenoiser:
         self._handles = []
         self._pending = []
 
-    def __enter__(self) -> "MultiBranchDenoiser":
+    def __enter__(self) -> MultiBranchDenoiser:
         return self.install()
 
     def __exit__(self, *exc) -> None:

@@ -30,7 +30,7 @@ def cosine_learning_rate(lr: float, step: int, steps: int, warmup_steps: int = 0
 
 def running_mean(values: list, window: int) -> list:
     """The mean of each value and up to ``window - 1`` values before it."""
-    return [sum(values[max(0, i - window + 1): i + 1]) / min(i + 1, window) for i in range(len(values))]
+    return [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]
 
 
 def save_curve(history: list, key: str, path: str, title: str = "training") -> str | None:

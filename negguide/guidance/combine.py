@@ -6,7 +6,7 @@ per sample: a sum over every dimension but the batch one, so samples never leak 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -83,11 +83,15 @@ def perp_neg_combine(
     if extra_positives:
         v = _weights_matrix(positive_weights, len(extra_positives), batch, uncond)
         for k, extra in enumerate(extra_positives):
-            guided = guided + _expand_like(v[k], uncond).to(uncond.dtype) * perpendicular(extra - uncond, direction, eps)
+            guided = guided + _expand_like(v[k], uncond).to(uncond.dtype) * perpendicular(
+                extra - uncond, direction, eps
+            )
     if negatives:
         w = _weights_matrix(negative_weights, len(negatives), batch, uncond)
         for i, negative in enumerate(negatives):
-            guided = guided - _expand_like(w[i], uncond).to(uncond.dtype) * perpendicular(negative - uncond, direction, eps)
+            guided = guided - _expand_like(w[i], uncond).to(uncond.dtype) * perpendicular(
+                negative - uncond, direction, eps
+            )
     return uncond + guidance_scale * guided
 
 

@@ -7,14 +7,13 @@ a blend of the front/side/back prompts (the positive) and Perp-Neg weights on vi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from .combine import DEFAULT_EPS, perp_neg_combine
+from negguide.guidance.combine import DEFAULT_EPS, perp_neg_combine
 
-VIEW_NAMES = ("front", "side", "back", "overhead")
 SCHEMES = ("threestudio", "stable-dreamfusion")
 
 # threestudio's shifted exponential decays f(a, b, c; r) = a * exp(-b r) + c
@@ -77,7 +76,10 @@ def view_weights(
         if a < 90.0:
             r = 1.0 - a / 90.0
             pos = {"front": r, "side": 1.0 - r}
-            neg = {"front": shifted_exp_decay(*THREESTUDIO_F_FS, r), "side": shifted_exp_decay(*THREESTUDIO_F_SF, 1.0 - r)}
+            neg = {
+                "front": shifted_exp_decay(*THREESTUDIO_F_FS, r),
+                "side": shifted_exp_decay(*THREESTUDIO_F_SF, 1.0 - r),
+            }
         else:
             r = 2.0 - a / 90.0
             pos = {"side": r, "back": 1.0 - r}

@@ -8,7 +8,7 @@ Step ``i`` of ``n`` sits at progress ``i / n``; a negative is active at that ste
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 Window = tuple[float, float]
 FULL_WINDOW: Window = (0.0, 1.0)
@@ -23,7 +23,9 @@ def validate_window(window, name: str = "window") -> Window:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} = {window!r} must hold two finite numbers in [0, 1]")
     if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
-        raise ValueError(f"{name} = {window!r} lies outside [0, 1]: give fractions of the sampling run, e.g. (0.3, 1.0)")
+        raise ValueError(
+            f"{name} = {window!r} lies outside [0, 1]: give fractions of the sampling run, e.g. (0.3, 1.0)"
+        )
     if start > end:
         raise ValueError(f"{name} = {window!r} is reversed: start must not exceed end, e.g. ({end}, {start})")
     return float(start), float(end)

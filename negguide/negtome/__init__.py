@@ -1,9 +1,28 @@
-"""NegToMe: negative token merging inside the denoiser's attention (Singh et al., arXiv 2412.01339)."""
+"""NegToMe: negative token merging inside the denoiser's attention (Singh et al., arXiv 2412.01339).
 
-from .hooks import NegToMeHandle, apply, remove
-from .merge import match_tokens, merge_batch_group, negative_merge
-from .pipeline import NegToMePipeline
-from .settings import FAMILY_DEFAULTS, NegToMeSettings
+The pure math (``merge``) and the settings import with torch alone; the hooks and the pipeline load on first use.
+"""
 
-__all__ = ["NegToMeHandle", "NegToMePipeline", "NegToMeSettings", "FAMILY_DEFAULTS", "apply", "remove",
-           "match_tokens", "merge_batch_group", "negative_merge"]
+from negguide._lazy import lazy_exports
+from negguide.negtome.merge import match_tokens, merge_batch_group, negative_merge
+from negguide.negtome.settings import FAMILY_DEFAULTS, NegToMeSettings
+
+_EXPORTS = {
+    "NegToMeHandle": "negguide.negtome.hooks",
+    "apply": "negguide.negtome.hooks",
+    "remove": "negguide.negtome.hooks",
+    "NegToMePipeline": "negguide.negtome.pipeline",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = [
+    "NegToMeHandle",
+    "NegToMePipeline",
+    "NegToMeSettings",
+    "FAMILY_DEFAULTS",
+    "apply",
+    "remove",
+    "match_tokens",
+    "merge_batch_group",
+    "negative_merge",
+]

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from ..core.families import detect_family, get_adapter, get_nested, set_nested
-from . import reference as ref_images
-from .merge import merge_batch_group, negative_merge
-from .settings import NegToMeSettings
+from negguide.core.families import detect_family, get_adapter, get_nested, set_nested
+from negguide.negtome import reference as ref_images
+from negguide.negtome.merge import merge_batch_group, negative_merge
+from negguide.negtome.settings import NegToMeSettings
 
 ATTR = "_negguide_negtome"
 BLOCK_ALIASES = {
@@ -103,8 +103,18 @@ class _StepState:
 class NegToMeHandle:
     """Installed NegToMe hooks on one denoiser; ``remove()`` (or leaving the ``with`` block) takes them off."""
 
-    def __init__(self, denoiser, family: str, settings: NegToMeSettings, groups: Callable[[int], int],
-                 scheduler, vae=None, reference_images=None, reference_masks=None, pack_latents=None):
+    def __init__(
+        self,
+        denoiser,
+        family: str,
+        settings: NegToMeSettings,
+        groups: Callable[[int], int],
+        scheduler,
+        vae=None,
+        reference_images=None,
+        reference_masks=None,
+        pack_latents=None,
+    ):
         self.denoiser, self.family = denoiser, family
         self.settings = settings.resolved(family)
         self.adapter = get_adapter(family)
@@ -113,8 +123,11 @@ class NegToMeHandle:
         self.images = None if reference_images is None else ref_images.prepare_images(reference_images)
         if self.images is None and reference_masks is not None:
             raise ValueError("reference_masks were given without reference_images")
-        self.masks = None if self.images is None else ref_images.prepare_masks(
-            reference_masks, self.images.shape[0], tuple(self.images.shape[-2:]))
+        self.masks = (
+            None
+            if self.images is None
+            else ref_images.prepare_masks(reference_masks, self.images.shape[0], tuple(self.images.shape[-2:]))
+        )
         if self.images is not None and vae is None:
             raise ValueError("reference images need the pipeline's VAE to encode them")
         if self.images is not None and self.settings.legacy_matching and self.images.shape[0] != 1:
@@ -128,7 +141,7 @@ class NegToMeHandle:
         self.active_calls = 0  # denoiser calls with merging on, since install
 
     # ------------------------------------------------------------------ install / remove
-    def install(self) -> "NegToMeHandle":
+    def install(self) -> NegToMeHandle:
         if getattr(self.denoiser, ATTR, None) is not None:
             raise RuntimeError("NegToMe is already applied to this denoiser; remove() it first")
         # pre-hook last and post-hook first, so other batch-changing hooks (Perp-Neg's branches) stay outside
@@ -147,7 +160,7 @@ class NegToMeHandle:
             delattr(self.denoiser, ATTR)
         self.state = _StepState()
 
-    def __enter__(self) -> "NegToMeHandle":
+    def __enter__(self) -> NegToMeHandle:
         return self if self._handles else self.install()
 
     def __exit__(self, *exc) -> None:
@@ -198,12 +211,17 @@ class NegToMeHandle:
     def _with_references(self, bound: dict, latents: torch.Tensor, level: float) -> dict:
         state, s = self.state, self.settings
         clean, noise = self._encode_references(latents, state.latent_hw)
-        reference = clean if s.reference_noise == "clean" else ref_images.noised(
-            clean, noise, level, self.scheduler, flow=self.family in ("sd3", "flux"))
+        reference = (
+            clean
+            if s.reference_noise == "clean"
+            else ref_images.noised(clean, noise, level, self.scheduler, flow=self.family in ("sd3", "flux"))
+        )
         count = reference.shape[0]
         state.references = count
         call = dict(bound)
-        call[self.adapter.latent_key] = torch.cat([latents, reference.repeat(state.groups, *[1] * (reference.ndim - 1))])
+        call[self.adapter.latent_key] = torch.cat(
+            [latents, reference.repeat(state.groups, *[1] * (reference.ndim - 1))]
+        )
         size = state.rows // state.groups
         index = torch.arange(state.groups, device=latents.device).repeat_interleave(count) * size  # group's first row
         keys = set(self.adapter.conditioning_keys) | set(self.adapter.per_row_keys) | {"timestep"}
@@ -268,7 +286,9 @@ class NegToMeHandle:
         if self.settings.dropout <= 0:
             return None
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.settings.seed + self._seed_offset)
+            self._generators[device] = torch.Generator(device=device).manual_seed(
+                self.settings.seed + self._seed_offset
+            )
         return torch.rand(shape, generator=self._generators[device], device=device) >= self.settings.dropout
 
     def _merge(self, image: torch.Tensor) -> torch.Tensor | None:
@@ -281,8 +301,9 @@ class NegToMeHandle:
         sources = image[:rows].reshape(groups, size, count, dim)  # [G, n, N, D]
         keep = self._keep((groups, size, count), image.device)
         if not state.references:
-            merged = merge_batch_group(sources, s.batch_reference, s.alpha, s.threshold, keep, s.legacy_matching,
-                                       s.chunk_tokens).reshape(rows, count, dim)
+            merged = merge_batch_group(
+                sources, s.batch_reference, s.alpha, s.threshold, keep, s.legacy_matching, s.chunk_tokens
+            ).reshape(rows, count, dim)
             return merged if image.shape[0] == rows else torch.cat([merged, image[rows:]])
         refs = image[rows:].reshape(groups, 1, state.references * count, dim)  # [G, 1, R*N, D]
         valid = None
@@ -297,8 +318,13 @@ def _pixel_factor(vae, family: str) -> int:
     return factor * 2 if family == "flux" else factor  # Flux's grid counts packed 2x2 latent patches
 
 
-def apply(pipe, settings: NegToMeSettings | None = None, reference_images=None, reference_masks=None,
-          groups: Callable[[int], int] | None = None) -> NegToMeHandle:
+def apply(
+    pipe,
+    settings: NegToMeSettings | None = None,
+    reference_images=None,
+    reference_masks=None,
+    groups: Callable[[int], int] | None = None,
+) -> NegToMeHandle:
     """Install NegToMe on a diffusers pipeline (SD1.x/2.x, SDXL, SD3, Flux) and return the handle.
 
     Batch mode (no reference images): the images of each CFG half are pushed apart. Reference mode: generated
@@ -318,8 +344,17 @@ def apply(pipe, settings: NegToMeSettings | None = None, reference_images=None, 
         from diffusers import FluxPipeline
 
         pack = FluxPipeline._pack_latents
-    handle = NegToMeHandle(denoiser, family, settings, groups or cfg_groups(pipe), pipe.scheduler,
-                           components.get("vae"), reference_images, reference_masks, pack)
+    handle = NegToMeHandle(
+        denoiser,
+        family,
+        settings,
+        groups or cfg_groups(pipe),
+        pipe.scheduler,
+        components.get("vae"),
+        reference_images,
+        reference_masks,
+        pack,
+    )
     return handle.install()
 
 

@@ -32,12 +32,12 @@ def match_tokens(
     n, m = src.shape[-2], ref.shape[-2]
     best_sims, best_idxs = [], []
     for s0 in range(0, n, chunk):
-        src_c = src[..., s0:s0 + chunk, :]  # [..., c, D]
+        src_c = src[..., s0 : s0 + chunk, :]  # [..., c, D]
         best_sim = best_idx = None
         for r0 in range(0, m, chunk):
-            sim = src_c @ ref[..., r0:r0 + chunk, :].transpose(-1, -2)  # [..., c, cr]
+            sim = src_c @ ref[..., r0 : r0 + chunk, :].transpose(-1, -2)  # [..., c, cr]
             if valid is not None:
-                sim.masked_fill_(~valid[..., None, r0:r0 + chunk], float("-inf"))  # in place: no second block
+                sim.masked_fill_(~valid[..., None, r0 : r0 + chunk], float("-inf"))  # in place: no second block
             value, index = sim.max(dim=-1)  # [..., c]
             index = index + r0
             if best_sim is None:
@@ -135,8 +135,9 @@ def merge_batch_group(
     if reference == "first":
         rest = tokens[:, 1:]  # [G, n-1, N, D]
         ref = tokens[:, :1]  # [G, 1, N, D]
-        merged = negative_merge(rest, ref, alpha, threshold, None, None if keep is None else keep[:, 1:],
-                                legacy_matching, chunk)
+        merged = negative_merge(
+            rest, ref, alpha, threshold, None, None if keep is None else keep[:, 1:], legacy_matching, chunk
+        )
         return torch.cat([tokens[:, :1], merged], dim=1)
     if reference == "others":
         ref = tokens.reshape(groups, 1, n * count, dim)  # [G, 1, n*N, D]: every image's tokens

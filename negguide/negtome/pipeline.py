@@ -12,15 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..perpneg.pipeline import PerpNegPipeline
-from .settings import NegToMeSettings
+from negguide.negtome.settings import NegToMeSettings
+from negguide.perpneg.pipeline import PerpNegPipeline
 
 
 class NegToMePipeline(PerpNegPipeline):
     """PerpNegPipeline with NegToMe on by default (``negtome=NegToMeSettings()``)."""
 
-    def __call__(self, prompt=None, *, negtome: NegToMeSettings | None = None, reference_images=None,
-                 reference_masks=None, **kwargs: Any):
+    def __call__(
+        self,
+        prompt=None,
+        *,
+        negtome: NegToMeSettings | None = None,
+        reference_images=None,
+        reference_masks=None,
+        **kwargs: Any,
+    ):
         """Generate with NegToMe.
 
         Args:
@@ -31,6 +38,9 @@ class NegToMePipeline(PerpNegPipeline):
             **kwargs: the family's diffusers arguments and PerpNegPipeline's (negatives, negative_weights, ...).
         """
         return super().__call__(
-            prompt, negtome=NegToMeSettings() if negtome is None else negtome,
-            negtome_reference_images=reference_images, negtome_reference_masks=reference_masks, **kwargs,
+            prompt,
+            negtome=NegToMeSettings() if negtome is None else negtome,
+            negtome_reference_images=reference_images,
+            negtome_reference_masks=reference_masks,
+            **kwargs,
         )

@@ -25,7 +25,9 @@ def prepare_images(images) -> torch.Tensor:
     if isinstance(images, (Image.Image, torch.Tensor)):
         images = [images]
     if not isinstance(images, (list, tuple)) or not images:
-        raise TypeError(f"reference_images must be a PIL image, a tensor or a non-empty list of them, got {type(images).__name__}")
+        raise TypeError(
+            f"reference_images must be a PIL image, a tensor or a non-empty list of them, got {type(images).__name__}"
+        )
     out = []
     for i, image in enumerate(images):
         name = f"reference_images[{i}]"
@@ -34,7 +36,9 @@ def prepare_images(images) -> torch.Tensor:
             out.append(tensor[None])
             continue
         if not isinstance(image, torch.Tensor):
-            raise TypeError(f"{name} is a {type(image).__name__}; give a PIL image or a float tensor [3, H, W] in [0, 1]")
+            raise TypeError(
+                f"{name} is a {type(image).__name__}; give a PIL image or a float tensor [3, H, W] in [0, 1]"
+            )
         tensor = image[None] if image.ndim == 3 else image
         if tensor.ndim != 4 or tensor.shape[1] != 3:
             raise ValueError(f"{name} has shape {tuple(image.shape)}; expected [3, H, W] or [R, 3, H, W] (RGB)")
@@ -74,9 +78,13 @@ def prepare_masks(masks, count: int, size: tuple) -> torch.Tensor | None:
         out.append(tensor > 0.5)
     result = torch.cat(out)
     if result.shape[0] != count:
-        raise ValueError(f"reference_masks has {result.shape[0]} masks for {count} reference images: give one per image")
+        raise ValueError(
+            f"reference_masks has {result.shape[0]} masks for {count} reference images: give one per image"
+        )
     if tuple(result.shape[-2:]) != tuple(size):
-        raise ValueError(f"reference masks are {tuple(result.shape[-2:])} but the images are {tuple(size)}: resize them")
+        raise ValueError(
+            f"reference masks are {tuple(result.shape[-2:])} but the images are {tuple(size)}: resize them"
+        )
     if not result.flatten(1).any(dim=1).all():
         raise ValueError("a reference mask is empty (all False): it would exclude the whole reference image")
     return result
@@ -108,4 +116,4 @@ def noised(clean: torch.Tensor, noise: torch.Tensor, level: float, scheduler, fl
     alphas = scheduler.alphas_cumprod
     index = min(max(int(round(level * scheduler.config.num_train_timesteps)), 0), len(alphas) - 1)
     a_t = float(alphas[index])
-    return a_t ** 0.5 * clean + (1.0 - a_t) ** 0.5 * noise
+    return a_t**0.5 * clean + (1.0 - a_t) ** 0.5 * noise

@@ -12,27 +12,39 @@ The math is pure tensor functions imported here; the trainer's names load on fir
 imports neither diffusers nor peft.
 """
 
-import importlib as _importlib
+from negguide._lazy import lazy_exports
+from negguide.nft.advantages import (
+    advantage_to_probability,
+    check_rewards,
+    epoch_reward_std,
+    group_advantages,
+    group_index,
+    group_stats,
+    optimality_probability,
+)
+from negguide.nft.ema import ema_update_, eval_ema_decay, old_policy_decay
+from negguide.nft.loss import (
+    PREDICTION_TYPES,
+    adaptive_x0_loss,
+    check_loss_inputs,
+    implicit_policies,
+    kl_penalty,
+    native_kl_scale,
+    nft_loss,
+    nft_loss_x0,
+    per_sample_mean,
+    x0_from_flow,
+    x0_from_prediction,
+)
 
-from .advantages import (advantage_to_probability, check_rewards, epoch_reward_std, group_advantages, group_index,
-                         group_stats, optimality_probability)
-from .ema import ema_update_, eval_ema_decay, old_policy_decay
-from .loss import (PREDICTION_TYPES, adaptive_x0_loss, check_loss_inputs, implicit_policies, kl_penalty,
-                   native_kl_scale, nft_loss, nft_loss_x0, per_sample_mean, x0_from_flow, x0_from_prediction)
-
-_LAZY = {
-    "NFTConfig": ".config",
-    "NFTTrainer": ".trainer",
-    "TrainingDiverged": ".trainer",
-    "NFTPolicies": ".policies",
-    "Rollout": ".rollout",
+_EXPORTS = {
+    "NFTConfig": "negguide.nft.config",
+    "NFTTrainer": "negguide.nft.trainer",
+    "TrainingDiverged": "negguide.nft.trainer",
+    "NFTPolicies": "negguide.nft.policies",
+    "Rollout": "negguide.nft.rollout",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(_importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -11,16 +11,19 @@ These functions validate tensor values and so sync with the host: they belong ou
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
+
 
 def group_index(group_ids, batch: int | None = None) -> tuple[torch.Tensor, list]:
     """Group ids (int tensor [B] or list of prompts) -> (index [B] int64 in 0..G-1, the G keys in first-seen order)."""
     if isinstance(group_ids, torch.Tensor):
         if group_ids.ndim != 1 or group_ids.is_floating_point() or group_ids.is_complex():
-            raise TypeError(f"group_ids as a tensor must be 1-D integers, got dtype {group_ids.dtype} shape "
-                            f"{tuple(group_ids.shape)}; pass one int per sample or a list of prompt strings")
+            raise TypeError(
+                f"group_ids as a tensor must be 1-D integers, got dtype {group_ids.dtype} shape "
+                f"{tuple(group_ids.shape)}; pass one int per sample or a list of prompt strings"
+            )
         ids = group_ids.tolist()
     elif isinstance(group_ids, (str, bytes)) or not isinstance(group_ids, Sequence):
         raise TypeError(f"group_ids must be a 1-D int tensor or a list of prompts, got {type(group_ids).__name__}")
@@ -39,8 +42,10 @@ def check_rewards(rewards: torch.Tensor, group_ids, min_group_size: int = 2) -> 
     if not isinstance(rewards, torch.Tensor):
         raise TypeError(f"rewards must be a torch.Tensor of shape [B], got {type(rewards).__name__}")
     if rewards.ndim != 1:
-        raise ValueError(f"rewards must have shape [B] (one reward per sample), got {tuple(rewards.shape)}; "
-                         "a reward callable must return Tensor[B]")
+        raise ValueError(
+            f"rewards must have shape [B] (one reward per sample), got {tuple(rewards.shape)}; "
+            "a reward callable must return Tensor[B]"
+        )
     if rewards.shape[0] == 0:
         raise ValueError("rewards is empty: need at least one prompt group of G >= 2 samples")
     if not rewards.is_floating_point():
@@ -49,16 +54,20 @@ def check_rewards(rewards: torch.Tensor, group_ids, min_group_size: int = 2) -> 
     if bool(bad.any()):
         where = bad.nonzero().flatten().tolist()
         kind = "NaN" if bool(torch.isnan(rewards).any()) else "inf"
-        raise ValueError(f"rewards contain {kind} at sample indices {where[:10]} (values "
-                         f"{rewards[bad][:10].tolist()}); fix the reward function before training")
+        raise ValueError(
+            f"rewards contain {kind} at sample indices {where[:10]} (values "
+            f"{rewards[bad][:10].tolist()}); fix the reward function before training"
+        )
     index, keys = group_index(group_ids, batch=rewards.shape[0])
     counts = torch.bincount(index.cpu(), minlength=len(keys))  # [G]
     small = (counts < min_group_size).nonzero().flatten().tolist()
     if small:
         g = small[0]
-        raise ValueError(f"prompt group {keys[g]!r} has G = {int(counts[g])} sample(s); DiffusionNFT compares samples "
-                         f"of the same prompt, so G must be >= {min_group_size} (raise the samples per prompt); "
-                         f"{len(small)} of {len(keys)} groups are too small")
+        raise ValueError(
+            f"prompt group {keys[g]!r} has G = {int(counts[g])} sample(s); DiffusionNFT compares samples "
+            f"of the same prompt, so G must be >= {min_group_size} (raise the samples per prompt); "
+            f"{len(small)} of {len(keys)} groups are too small"
+        )
     return index, keys
 
 
@@ -86,8 +95,11 @@ def group_advantages(rewards: torch.Tensor, group_ids, epoch_std=None, eps: floa
     index, keys = check_rewards(rewards, group_ids)
     index = index.to(rewards.device)
     r64 = rewards.detach().to(torch.float64)
-    std = epoch_reward_std(rewards) if epoch_std is None else torch.as_tensor(
-        epoch_std, dtype=torch.float64, device=rewards.device)
+    std = (
+        epoch_reward_std(rewards)
+        if epoch_std is None
+        else torch.as_tensor(epoch_std, dtype=torch.float64, device=rewards.device)
+    )
     if std.ndim != 0 or not bool(torch.isfinite(std)) or bool(std < 0):
         raise ValueError(f"epoch_std must be a finite scalar >= 0, got {std.tolist()}")
     means = _group_means(r64, index, len(keys))  # [G]
@@ -101,8 +113,9 @@ def advantage_to_probability(advantages: torch.Tensor, clip: float = 5.0) -> tor
     return (advantages.clamp(-clip, clip) / (2.0 * clip) + 0.5).clamp(0.0, 1.0)
 
 
-def optimality_probability(rewards: torch.Tensor, group_ids, epoch_std=None, clip: float = 5.0,
-                           eps: float = 1e-4) -> torch.Tensor:
+def optimality_probability(
+    rewards: torch.Tensor, group_ids, epoch_std=None, clip: float = 5.0, eps: float = 1e-4
+) -> torch.Tensor:
     """Rewards [B] grouped by prompt -> r [B] in [0, 1], dtype of ``rewards`` (DiffusionNFT optimality probability).
 
     ``epoch_std``: the std of all rewards of the epoch when it was computed elsewhere (e.g. over rewards gathered from
@@ -124,5 +137,12 @@ def group_stats(rewards: torch.Tensor, group_ids) -> dict:
     sq = torch.zeros_like(means).index_add_(0, index, (r64 - means[index]) ** 2)  # [G]
     counts = torch.bincount(index, minlength=len(keys))  # [G]
     stds = (sq / counts.to(torch.float64)).sqrt()
-    return {"keys": keys, "count": counts, "mean": means, "std": stds, "epoch_mean": r64.mean(),
-            "epoch_std": epoch_reward_std(rewards), "tied_fraction": (stds == 0).to(torch.float64).mean()}
+    return {
+        "keys": keys,
+        "count": counts,
+        "mean": means,
+        "std": stds,
+        "epoch_mean": r64.mean(),
+        "epoch_std": epoch_reward_std(rewards),
+        "tied_fraction": (stds == 0).to(torch.float64).mean(),
+    }

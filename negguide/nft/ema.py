@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -49,8 +49,9 @@ def _pairs(target, source) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     if isinstance(target, Mapping):
         missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
         if missing or extra:
-            raise ValueError(f"target and source have different keys: only in target {missing[:5]}, "
-                             f"only in source {extra[:5]}")
+            raise ValueError(
+                f"target and source have different keys: only in target {missing[:5]}, only in source {extra[:5]}"
+            )
         pairs = [(str(k), target[k], source[k]) for k in target]
     elif isinstance(target, Sequence) and isinstance(source, Sequence):
         if len(target) != len(source):

@@ -108,13 +108,29 @@ def _combine(x0, x0_plus, x0_minus, r, beta, kl, kl_weight, eps, policy_weight, 
     policy = ((r * loss_plus + (1.0 - r) * loss_minus) / beta).mean()
     kl_mean = kl.mean()
     loss = policy_weight * policy + kl_weight * kl_mean
-    stats = {"policy": policy, "loss_plus": loss_plus.mean(), "loss_minus": loss_minus.mean(), "kl": kl_mean,
-             "old_deviation": deviation.mean()}
+    stats = {
+        "policy": policy,
+        "loss_plus": loss_plus.mean(),
+        "loss_minus": loss_minus.mean(),
+        "kl": kl_mean,
+        "old_deviation": deviation.mean(),
+    }
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
-def nft_loss(x0, x_t, sigma, v_theta, v_old, v_ref, r, beta: float = 1.0, kl_weight: float = 1e-4,
-             eps: float = 1e-5, policy_weight: float = 1.0):
+def nft_loss(
+    x0,
+    x_t,
+    sigma,
+    v_theta,
+    v_old,
+    v_ref,
+    r,
+    beta: float = 1.0,
+    kl_weight: float = 1e-4,
+    eps: float = 1e-5,
+    policy_weight: float = 1.0,
+):
     """DiffusionNFT loss for flow-matching (velocity) models; returns (scalar loss, detached diagnostics).
 
     x0, x_t, v_theta (with grad), v_old and v_ref (no grad; None: no KL term): [B, ...]; sigma: float or [B]; r: [B].
@@ -132,8 +148,18 @@ def nft_loss(x0, x_t, sigma, v_theta, v_old, v_ref, r, beta: float = 1.0, kl_wei
     return _combine(x0, x_t - s * v_plus, x_t - s * v_minus, r, beta, kl, kl_weight, eps, policy_weight, deviation)
 
 
-def nft_loss_x0(x0, x0_theta, x0_old, x0_ref, r, beta: float = 1.0, kl_weight: float = 1e-4, eps: float = 1e-5,
-                kl_scale=None, policy_weight: float = 1.0):
+def nft_loss_x0(
+    x0,
+    x0_theta,
+    x0_old,
+    x0_ref,
+    r,
+    beta: float = 1.0,
+    kl_weight: float = 1e-4,
+    eps: float = 1e-5,
+    kl_scale=None,
+    policy_weight: float = 1.0,
+):
     """DiffusionNFT loss in x0 space (any parameterisation); returns (scalar loss, detached diagnostics).
 
     x0_theta (with grad), x0_old, x0_ref (no grad; None: no KL term): x0 predictions [B, ...] of the current, old and
@@ -161,16 +187,19 @@ def x0_from_flow(v: torch.Tensor, x_t: torch.Tensor, sigma) -> torch.Tensor:
     return x_t - _per_sample(sigma, x_t, "sigma") * v
 
 
-def x0_from_prediction(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar, prediction_type: str = "epsilon",
-                       eps: float = 1e-8) -> torch.Tensor:
+def x0_from_prediction(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar, prediction_type: str = "epsilon", eps: float = 1e-8
+) -> torch.Tensor:
     """x0 from an epsilon / v / sample prediction: x_t = sqrt(ab) x0 + sqrt(1-ab) eps, v = sqrt(ab) eps - sqrt(1-ab) x0.
 
     ``alpha_bar``: the scheduler's ``alphas_cumprod`` at each sample's timestep (number, 0-dim or [B]); sqrt(ab) is
     floored at ``eps`` for the epsilon division (epsilon prediction is ill-posed at ab = 0: use v prediction there).
     """
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}; flow-matching "
-                         "models use x0_from_flow")
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}; flow-matching "
+            "models use x0_from_flow"
+        )
     if model_output.shape != x_t.shape:
         raise ValueError(f"model_output has shape {tuple(model_output.shape)} but x_t has {tuple(x_t.shape)}")
     ab = _per_sample(alpha_bar, x_t, "alpha_bar")  # [B, 1, ..., 1] or 0-dim
@@ -209,8 +238,10 @@ def check_loss_inputs(r: torch.Tensor | None = None, **tensors) -> None:
     if r is not None:
         if not bool(torch.isfinite(r).all()) or bool(((r < 0) | (r > 1)).any()):
             bad = r[~(torch.isfinite(r) & (r >= 0) & (r <= 1))][:5].tolist()
-            raise ValueError(f"r must be optimality probabilities in [0, 1], got values {bad}; map rewards with "
-                             "optimality_probability")
+            raise ValueError(
+                f"r must be optimality probabilities in [0, 1], got values {bad}; map rewards with "
+                "optimality_probability"
+            )
 
 
 def native_target(x0: torch.Tensor, eps: torch.Tensor, level, prediction_type: str) -> torch.Tensor:
@@ -241,6 +272,12 @@ def positive_only_loss(fit: torch.Tensor, r: torch.Tensor, kl: torch.Tensor | No
     policy = (keep * fit).mean()
     kl_mean = kl.mean() if kl is not None else fit.new_zeros(())
     loss = policy + kl_weight * kl_mean
-    stats = {"policy": policy, "loss_plus": fit.mean(), "loss_minus": torch.zeros_like(policy), "kl": kl_mean,
-             "old_deviation": torch.zeros_like(policy), "kept": keep.mean()}
+    stats = {
+        "policy": policy,
+        "loss_plus": fit.mean(),
+        "loss_minus": torch.zeros_like(policy),
+        "kl": kl_mean,
+        "old_deviation": torch.zeros_like(policy),
+        "kept": keep.mean(),
+    }
     return loss, {k: v.detach() for k, v in stats.items()}

@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from .ema import ema_update_
+from negguide.nft.ema import ema_update_
 
 CURRENT, OLD, REFERENCE = "current", "old", "reference"
 POLICIES = (CURRENT, OLD, REFERENCE)
@@ -48,18 +48,25 @@ class NFTPolicies:
     ``seed``: the LoRA initialisation (peft's: A random, B zero, so current = old = reference at the start).
     """
 
-    def __init__(self, denoiser: torch.nn.Module, rank: int = 32, alpha: float = 64.0, targets=DEFAULT_TARGETS,
-                 seed: int = 0):
+    def __init__(
+        self, denoiser: torch.nn.Module, rank: int = 32, alpha: float = 64.0, targets=DEFAULT_TARGETS, seed: int = 0
+    ):
         if not hasattr(denoiser, "add_adapter") or not hasattr(denoiser, "set_adapter"):
-            raise ValueError(f"{type(denoiser).__name__} does not take peft adapters; DiffusionNFT needs a diffusers "
-                             "UNet2DConditionModel, SD3Transformer2DModel or FluxTransformer2DModel")
+            raise ValueError(
+                f"{type(denoiser).__name__} does not take peft adapters; DiffusionNFT needs a diffusers "
+                "UNet2DConditionModel, SD3Transformer2DModel or FluxTransformer2DModel"
+            )
         existing = set(getattr(denoiser, "peft_config", {}) or {})
         if existing & {CURRENT, OLD}:
-            raise ValueError(f"the denoiser already has adapters {sorted(existing)}; build the trainer on a fresh "
-                             "pipeline (or delete_adapters first)")
+            raise ValueError(
+                f"the denoiser already has adapters {sorted(existing)}; build the trainer on a fresh "
+                "pipeline (or delete_adapters first)"
+            )
         if existing:
-            raise ValueError(f"the denoiser already carries LoRA adapters {sorted(existing)}: fuse them "
-                             "(pipe.fuse_lora(); pipe.unload_lora_weights()) so the reference policy is well defined")
+            raise ValueError(
+                f"the denoiser already carries LoRA adapters {sorted(existing)}: fuse them "
+                "(pipe.fuse_lora(); pipe.unload_lora_weights()) so the reference policy is well defined"
+            )
         if isinstance(targets, str):
             targets = [t.strip() for t in targets.split(",") if t.strip()]
         if not targets:
@@ -73,13 +80,19 @@ class NFTPolicies:
             warnings.filterwarnings("ignore", message=".*peft_config.*")  # two adapters on purpose
             torch.manual_seed(seed)
             for name in (CURRENT, OLD):
-                config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=list(self.targets),
-                                    lora_dropout=0.0, init_lora_weights=True)
+                config = LoraConfig(
+                    r=self.rank,
+                    lora_alpha=self.alpha,
+                    target_modules=list(self.targets),
+                    lora_dropout=0.0,
+                    init_lora_weights=True,
+                )
                 try:
                     denoiser.add_adapter(config, adapter_name=name)
                 except ValueError as error:
-                    raise ValueError(f"LoRA targets {list(self.targets)} match no module of "
-                                     f"{type(denoiser).__name__} ({error})") from None
+                    raise ValueError(
+                        f"LoRA targets {list(self.targets)} match no module of {type(denoiser).__name__} ({error})"
+                    ) from None
         self.tensors = {a: {} for a in (CURRENT, OLD)}  # adapter -> {peft key: parameter}
         for name, param in denoiser.named_parameters():
             for adapter in (CURRENT, OLD):
@@ -141,12 +154,16 @@ class NFTPolicies:
         mine = self.tensors[adapter]
         missing, extra = sorted(set(mine) - set(tensors)), sorted(set(tensors) - set(mine))
         if missing or extra:
-            raise ValueError(f"the saved {adapter} adapter does not fit this LoRA (rank, targets): missing "
-                             f"{missing[:3]}, unexpected {extra[:3]}; use the settings of the run that saved it")
+            raise ValueError(
+                f"the saved {adapter} adapter does not fit this LoRA (rank, targets): missing "
+                f"{missing[:3]}, unexpected {extra[:3]}; use the settings of the run that saved it"
+            )
         for key, param in mine.items():
             if tensors[key].shape != param.shape:
-                raise ValueError(f"the saved {adapter} tensor {key} has shape {tuple(tensors[key].shape)}, this LoRA "
-                                 f"{tuple(param.shape)}: the LoRA rank differs from the run that saved it")
+                raise ValueError(
+                    f"the saved {adapter} tensor {key} has shape {tuple(tensors[key].shape)}, this LoRA "
+                    f"{tuple(param.shape)}: the LoRA rank differs from the run that saved it"
+                )
             param.copy_(tensors[key])
 
     def save(self, folder: str) -> None:
@@ -172,19 +189,29 @@ class NFTPolicies:
         import diffusers
         from diffusers.utils import convert_state_dict_to_diffusers
 
-        from ..core.families import get_adapter
+        from negguide.core.families import get_adapter
 
-        state = self.state_dict(CURRENT) if tensors is None else {k: v.detach().float().cpu() for k, v in tensors.items()}
+        state = (
+            self.state_dict(CURRENT) if tensors is None else {k: v.detach().float().cpu() for k, v in tensors.items()}
+        )
         state = {k: v.to(next(iter(self.tensors[CURRENT].values())).dtype) for k, v in state.items()}
         cls = getattr(diffusers, get_adapter(family).pipeline_class)
         metadata = self.lora_config()
         os.makedirs(folder, exist_ok=True)
         if family in _UNET_FAMILIES:
-            cls.save_lora_weights(folder, unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                  unet_lora_adapter_metadata=metadata, safe_serialization=True)
+            cls.save_lora_weights(
+                folder,
+                unet_lora_layers=convert_state_dict_to_diffusers(state),
+                unet_lora_adapter_metadata=metadata,
+                safe_serialization=True,
+            )
         else:
-            cls.save_lora_weights(folder, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata,
-                                  safe_serialization=True)
+            cls.save_lora_weights(
+                folder,
+                transformer_lora_layers=state,
+                transformer_lora_adapter_metadata=metadata,
+                safe_serialization=True,
+            )
         return os.path.join(folder, "pytorch_lora_weights.safetensors")
 
 
@@ -201,8 +228,12 @@ def save_training_state(folder: str, policies: NFTPolicies, optimizer, ema: dict
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.items()}, os.path.join(tmp, "eval_ema.safetensors"))
     state = optimizer.state_dict()
-    tensors = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, s in state["state"].items()
-               for k, v in s.items() if isinstance(v, torch.Tensor)}
+    tensors = {
+        f"{pid}.{k}": v.detach().cpu().contiguous()
+        for pid, s in state["state"].items()
+        for k, v in s.items()
+        if isinstance(v, torch.Tensor)
+    }
     save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({**meta, "param_groups": state["param_groups"]}, f, default=str)

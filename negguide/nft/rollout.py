@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.families import detect_family, get_adapter
+from negguide.core.families import detect_family, get_adapter
 
 
 def seed_of(*parts) -> int:
@@ -43,8 +43,10 @@ def resolve_pipeline(pipe) -> tuple:
         return pipe.family_pipeline(), pipe.family
     components = getattr(pipe, "components", None)
     if not isinstance(components, dict) or not callable(pipe):
-        raise ValueError(f"DiffusionNFT trains a diffusers text-to-image pipeline, got {type(pipe).__name__}; load one "
-                         "with DiffusionPipeline.from_pretrained (SD1.x/2.x, SDXL, SD3 or Flux)")
+        raise ValueError(
+            f"DiffusionNFT trains a diffusers text-to-image pipeline, got {type(pipe).__name__}; load one "
+            "with DiffusionPipeline.from_pretrained (SD1.x/2.x, SDXL, SD3 or Flux)"
+        )
     family = detect_family(components)
     expected = get_adapter(family).pipeline_class
     if not any(cls.__name__ == expected for cls in type(pipe).__mro__):
@@ -66,9 +68,11 @@ def rollout_scheduler(pipe, family: str, sampler: str):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if family not in ("sd3", "flux") or not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
-        raise ValueError(f"rollout_sampler = 'stochastic' needs a flow model with FlowMatchEulerDiscreteScheduler, got "
-                         f"{type(pipe.scheduler).__name__} on {family!r}; for SD / SDXL use a DDIM scheduler and "
-                         "pipeline_kwargs={'eta': 1.0}")
+        raise ValueError(
+            f"rollout_sampler = 'stochastic' needs a flow model with FlowMatchEulerDiscreteScheduler, got "
+            f"{type(pipe.scheduler).__name__} on {family!r}; for SD / SDXL use a DDIM scheduler and "
+            "pipeline_kwargs={'eta': 1.0}"
+        )
 
     class SeededStochasticEuler(FlowMatchEulerDiscreteScheduler):
         generators = None  # one per row of the rollout; the pipelines do not pass theirs to step()
@@ -83,12 +87,25 @@ def denoiser_of(pipe, family: str) -> torch.nn.Module:
     return getattr(pipe, get_adapter(family).denoiser_attr)
 
 
-def _call_arguments(family: str, prompts: list, guidance_scale: float, num_inference_steps: int, height, width,
-                    pipeline_kwargs: dict | None) -> dict:
+def _call_arguments(
+    family: str,
+    prompts: list,
+    guidance_scale: float,
+    num_inference_steps: int,
+    height,
+    width,
+    pipeline_kwargs: dict | None,
+) -> dict:
     """The pipeline call: one row per prompt, the family's CFG argument, CFG off at scale 1."""
     adapter = get_adapter(family)
-    call = {"prompt": list(prompts), "num_inference_steps": num_inference_steps, "height": height, "width": width,
-            **(pipeline_kwargs or {}), adapter.scale_argument: float(guidance_scale)}
+    call = {
+        "prompt": list(prompts),
+        "num_inference_steps": num_inference_steps,
+        "height": height,
+        "width": width,
+        **(pipeline_kwargs or {}),
+        adapter.scale_argument: float(guidance_scale),
+    }
     if family == "flux" and guidance_scale > 1.0:
         call.setdefault("negative_prompt", [""] * len(prompts))  # Flux runs true CFG only with a negative prompt
     return call
@@ -104,9 +121,21 @@ class Rollout:
 
 
 @torch.no_grad()
-def rollout(pipe, family: str, prompts: list, generators: list, *, guidance_scale: float = 1.0,
-            num_inference_steps: int = 10, height: int | None = None, width: int | None = None, policies=None,
-            policy: str = "old", pipeline_kwargs: dict | None = None, autocast=None) -> Rollout:
+def rollout(
+    pipe,
+    family: str,
+    prompts: list,
+    generators: list,
+    *,
+    guidance_scale: float = 1.0,
+    num_inference_steps: int = 10,
+    height: int | None = None,
+    width: int | None = None,
+    policies=None,
+    policy: str = "old",
+    pipeline_kwargs: dict | None = None,
+    autocast=None,
+) -> Rollout:
     """Sample one image per prompt row with the pipeline (under ``policies.use(policy)`` when given).
 
     ``generators``: one per row (see :func:`sample_generators`). Returns the final latents (caught at the last step
@@ -122,9 +151,15 @@ def rollout(pipe, family: str, prompts: list, generators: list, *, guidance_scal
 
     call = _call_arguments(family, prompts, guidance_scale, num_inference_steps, height, width, pipeline_kwargs)
     scope = policies.use(policy) if policies is not None else contextlib.nullcontext()
-    with scope, (autocast or contextlib.nullcontext()):
-        images = pipe(**call, generator=list(generators), output_type="pt", callback_on_step_end=keep,
-                      callback_on_step_end_tensor_inputs=["latents"], return_dict=False)[0]
+    with scope, autocast or contextlib.nullcontext():
+        images = pipe(
+            **call,
+            generator=list(generators),
+            output_type="pt",
+            callback_on_step_end=keep,
+            callback_on_step_end_tensor_inputs=["latents"],
+            return_dict=False,
+        )[0]
     if "latents" not in final:
         raise RuntimeError("the pipeline never called callback_on_step_end: it cannot be used for rollouts")
     images = images.float().clamp(0.0, 1.0)
@@ -137,8 +172,14 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
-def denoiser_inputs(pipe, family: str, prompts: list, height: int | None = None, width: int | None = None,
-                    pipeline_kwargs: dict | None = None) -> dict:
+def denoiser_inputs(
+    pipe,
+    family: str,
+    prompts: list,
+    height: int | None = None,
+    width: int | None = None,
+    pipeline_kwargs: dict | None = None,
+) -> dict:
     """The denoiser's keyword arguments for ``prompts`` at CFG 1, as the pipeline builds them (no forward runs)."""
     denoiser = denoiser_of(pipe, family)
     signature = inspect.signature(denoiser.forward)
@@ -182,8 +223,16 @@ def predict(denoiser, family: str, inputs: dict, x_t: torch.Tensor, timestep: to
     return (out[0] if isinstance(out, tuple) else out.sample).float()
 
 
-def forward_noise(pipe, family: str, prediction: str, x0: torch.Tensor, generators: list, low: float = 0.0,
-                  high: float = 1.0, return_noise: bool = False) -> tuple:
+def forward_noise(
+    pipe,
+    family: str,
+    prediction: str,
+    x0: torch.Tensor,
+    generators: list,
+    low: float = 0.0,
+    high: float = 1.0,
+    return_noise: bool = False,
+) -> tuple:
     """The forward process at a random level per sample: (x_t, level for the loss, the denoiser's timestep), all [b];
     with ``return_noise`` the noise eps too, as a fourth item.
 
@@ -221,14 +270,17 @@ def default_size(pipe) -> int:
 
 
 def check_prediction_type(family: str, pipe) -> str:
-    """"flow" for SD3 / Flux, else the scheduler's prediction_type (epsilon or v_prediction); ValueError otherwise."""
+    """ "flow" for SD3 / Flux, else the scheduler's prediction_type (epsilon or v_prediction); ValueError otherwise."""
     if family in ("sd3", "flux"):
         return "flow"
     kind = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
     if kind not in ("epsilon", "v_prediction"):
-        raise ValueError(f"the scheduler's prediction_type is {kind!r}; DiffusionNFT's x0 form supports epsilon and "
-                         "v_prediction")
+        raise ValueError(
+            f"the scheduler's prediction_type is {kind!r}; DiffusionNFT's x0 form supports epsilon and v_prediction"
+        )
     if getattr(pipe.scheduler, "alphas_cumprod", None) is None:
-        raise ValueError(f"{type(pipe.scheduler).__name__} has no alphas_cumprod; load the model with a DDPM-family "
-                         "scheduler (Euler, DDIM, DPM-Solver...)")
+        raise ValueError(
+            f"{type(pipe.scheduler).__name__} has no alphas_cumprod; load the model with a DDPM-family "
+            "scheduler (Euler, DDIM, DPM-Solver...)"
+        )
     return kind

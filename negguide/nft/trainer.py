@@ -25,19 +25,41 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..core.accelerate_setup import make_accelerator
-from ..core.training_io import check_writable, save_curve
-from .advantages import group_stats, optimality_probability
-from .config import NFTConfig
-from .ema import ema_update_, eval_ema_decay, old_policy_decay
-from .loss import (adaptive_x0_loss, kl_penalty, native_kl_scale, native_target, nft_loss, nft_loss_x0,
-                   per_sample_mean, positive_only_loss, x0_from_flow, x0_from_prediction)
-from .policies import (CURRENT, OLD, REFERENCE, NFTPolicies, load_training_state,
-                       save_training_state)
-from .rollout import (check_prediction_type, default_size, denoiser_inputs, denoiser_of, forward_noise, predict,
-                      resolve_pipeline, rollout, rollout_scheduler, sample_generators, seed_of)
+from negguide.core.accelerate_setup import make_accelerator
+from negguide.core.training_io import check_writable, save_curve
+from negguide.nft.advantages import group_stats, optimality_probability
+from negguide.nft.config import NFTConfig
+from negguide.nft.ema import ema_update_, eval_ema_decay, old_policy_decay
+from negguide.nft.loss import (
+    adaptive_x0_loss,
+    kl_penalty,
+    native_kl_scale,
+    native_target,
+    nft_loss,
+    nft_loss_x0,
+    per_sample_mean,
+    positive_only_loss,
+    x0_from_flow,
+    x0_from_prediction,
+)
+from negguide.nft.policies import CURRENT, OLD, REFERENCE, NFTPolicies, load_training_state, save_training_state
+from negguide.nft.rollout import (
+    check_prediction_type,
+    default_size,
+    denoiser_inputs,
+    denoiser_of,
+    forward_noise,
+    predict,
+    resolve_pipeline,
+    rollout,
+    rollout_scheduler,
+    sample_generators,
+    seed_of,
+)
 
 CHECKPOINT = "checkpoint"
+
+
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient: training stopped and nothing was saved from that state."""
 
@@ -63,20 +85,26 @@ class NFTTrainer:
             raise TypeError(f"config must be an NFTConfig, got {type(config).__name__}")
         for name, fn in (("reward", reward), ("accuracy", accuracy)):
             if fn is not None and not callable(fn) or (name == "reward" and fn is None):
-                raise ValueError(f"{name} must be a callable (images [B,3,H,W] in [0,1], prompts) -> Tensor[B], "
-                                 f"got {type(fn).__name__}")
+                raise ValueError(
+                    f"{name} must be a callable (images [B,3,H,W] in [0,1], prompts) -> Tensor[B], "
+                    f"got {type(fn).__name__}"
+                )
         self.pipe, self.family = resolve_pipeline(pipe)
         self.prediction = check_prediction_type(self.family, self.pipe)
         self.reward, self.accuracy, self.config = reward, accuracy, config
         c = config
         self.accelerator = acc = accelerator or make_accelerator(mixed_precision=c.mixed_precision)
         if acc.gradient_accumulation_steps != 1:
-            raise ValueError("give gradient accumulation as NFTConfig.gradient_accumulation_steps, not to the Accelerator")
+            raise ValueError(
+                "give gradient accumulation as NFTConfig.gradient_accumulation_steps, not to the Accelerator"
+            )
         world = acc.num_processes * c.gradient_accumulation_steps
         if c.batch_size % world:
-            raise ValueError(f"prompts_per_step x group_size = {c.batch_size} samples do not split into "
-                             f"{acc.num_processes} processes x {c.gradient_accumulation_steps} micro-batches: use a "
-                             f"multiple of {world}")
+            raise ValueError(
+                f"prompts_per_step x group_size = {c.batch_size} samples do not split into "
+                f"{acc.num_processes} processes x {c.gradient_accumulation_steps} micro-batches: use a "
+                f"multiple of {world}"
+            )
         if c.output_dir is not None:
             check_writable(c.output_dir)
         side = default_size(self.pipe)
@@ -107,7 +135,7 @@ class NFTTrainer:
 
     # ------------------------------------------------------------------ checks
     def _score(self, fn, images, prompts) -> torch.Tensor:
-        from ..rewards.combine import check_reward_output
+        from negguide.rewards.combine import check_reward_output
 
         with torch.no_grad():
             value = fn(images, prompts)
@@ -117,8 +145,9 @@ class NFTTrainer:
     def _probe_reward(self) -> None:
         """Call the reward (and accuracy) once on two small images before any rollout: bad output fails here."""
         g = torch.Generator().manual_seed(0)
-        images = torch.stack([torch.full((3, self.height, self.width), 0.5),
-                              torch.rand(3, self.height, self.width, generator=g)])  # [2, 3, H, W]
+        images = torch.stack(
+            [torch.full((3, self.height, self.width), 0.5), torch.rand(3, self.height, self.width, generator=g)]
+        )  # [2, 3, H, W]
         images = images.to(self.accelerator.device)
         for fn in (self.reward, self.accuracy):
             if fn is not None:
@@ -143,10 +172,20 @@ class NFTTrainer:
             generators = sample_generators(c.seed, step, chunk)
             if self.rollout_scheduler is not None:
                 self.rollout_scheduler.generators = generators  # they go on from the initial noise, sample by sample
-            out = rollout(self.pipe, self.family, [prompts[i] for i in chunk], generators,
-                          guidance_scale=c.guidance_scale, num_inference_steps=c.num_inference_steps,
-                          height=self.height, width=self.width, policies=self.policies, policy=OLD,
-                          pipeline_kwargs=self.pipeline_kwargs, autocast=acc.autocast())
+            out = rollout(
+                self.pipe,
+                self.family,
+                [prompts[i] for i in chunk],
+                generators,
+                guidance_scale=c.guidance_scale,
+                num_inference_steps=c.num_inference_steps,
+                height=self.height,
+                width=self.width,
+                policies=self.policies,
+                policy=OLD,
+                pipeline_kwargs=self.pipeline_kwargs,
+                autocast=acc.autocast(),
+            )
             outs.append(out)
             try:
                 rewards.append(self._score(self.reward, out.images, out.prompts))
@@ -165,7 +204,7 @@ class NFTTrainer:
         share = len(prompts) // acc.num_processes
         mine = list(range(acc.process_index * share, (acc.process_index + 1) * share))
         size = share // c.gradient_accumulation_steps
-        chunks = [mine[i:i + size] for i in range(0, share, size)]
+        chunks = [mine[i : i + size] for i in range(0, share, size)]
         scheduler, self.pipe.scheduler = self.pipe.scheduler, self.rollout_scheduler or self.pipe.scheduler
         try:
             outs, rewards, accuracy, error = self._rollouts(step, prompts, chunks)
@@ -184,9 +223,16 @@ class NFTTrainer:
     def _noised(self, x0: torch.Tensor, step: int, indices: list, k: int):
         """forward_noise for samples ``indices`` of ``step`` at their k-th noise level (seeded per sample)."""
         c = self.config
-        return forward_noise(self.pipe, self.family, self.prediction, x0,
-                             sample_generators(c.seed, step, indices, f"noise{k}"), c.timestep_min, c.timestep_max,
-                             return_noise=True)
+        return forward_noise(
+            self.pipe,
+            self.family,
+            self.prediction,
+            x0,
+            sample_generators(c.seed, step, indices, f"noise{k}"),
+            c.timestep_min,
+            c.timestep_max,
+            return_noise=True,
+        )
 
     def _positive_only_loss(self, x0, x_t, level, eps, p_theta, p_ref, r):
         """The baselines' loss: the model's own training loss ("positive-only") or NFT's adaptive x0 loss
@@ -201,8 +247,16 @@ class NFTTrainer:
             fit = adaptive_x0_loss(x0_from_prediction(p_theta, x_t.float(), level, self.prediction), x0)
         return positive_only_loss(fit, r, kl, kl_weight=self.config.kl_weight)
 
-    def micro_loss(self, step: int, indices: list, prompts: list, x0: torch.Tensor, r: torch.Tensor, k: int = 0,
-                   inputs: dict | None = None):
+    def micro_loss(
+        self,
+        step: int,
+        indices: list,
+        prompts: list,
+        x0: torch.Tensor,
+        r: torch.Tensor,
+        k: int = 0,
+        inputs: dict | None = None,
+    ):
         """The DiffusionNFT loss of one micro-batch at its k-th noise level (grad w.r.t. the current adapter).
 
         ``inputs``: the denoiser's conditioning for ``prompts`` (:func:`denoiser_inputs`; computed when None)."""
@@ -227,8 +281,16 @@ class NFTTrainer:
         if self.prediction == "flow":
             return nft_loss(x0, x_t, level, p_theta, p_old, p_ref, r, beta=c.beta, kl_weight=c.kl_weight)
         to_x0 = lambda p: None if p is None else x0_from_prediction(p, x_t, level, self.prediction)  # noqa: E731
-        return nft_loss_x0(x0, to_x0(p_theta), to_x0(p_old), to_x0(p_ref), r, beta=c.beta, kl_weight=c.kl_weight,
-                           kl_scale=native_kl_scale(self.prediction, alpha_bar=level))
+        return nft_loss_x0(
+            x0,
+            to_x0(p_theta),
+            to_x0(p_old),
+            to_x0(p_ref),
+            r,
+            beta=c.beta,
+            kl_weight=c.kl_weight,
+            kl_scale=native_kl_scale(self.prediction, alpha_bar=level),
+        )
 
     def backward(self, batch: Batch, step: int | None = None) -> dict:
         """Accumulate the gradients of the step's loss (mean over every sample and noise level of every process)."""
@@ -249,15 +311,17 @@ class NFTTrainer:
                 break
         if not self._everywhere(bad is None):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"{bad or f'a non-finite loss on another process at step {step}'}: training "
-                                   "stopped before the update; lower lr, raise kl_weight or check the model")
+            raise TrainingDiverged(
+                f"{bad or f'a non-finite loss on another process at step {step}'}: training "
+                "stopped before the update; lower lr, raise kl_weight or check the model"
+            )
         params = self.policies.parameters()
         if acc.num_processes > 1:  # average the gradients over processes: one all-reduce of the flat vector
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
             flat = acc.reduce(flat, reduction="mean")
             offset = 0
             for p in params:
-                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
         mean = torch.stack(logs).mean(0)
         mean = acc.reduce(mean.to(acc.device), reduction="mean") if acc.num_processes > 1 else mean
@@ -278,8 +342,10 @@ class NFTTrainer:
         norm = float(norm)
         if not math.isfinite(norm) and acc.scaler is None:
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingDiverged(f"the gradient norm is {norm} at step {self.step}: training stopped before the "
-                                   "update; lower lr or raise kl_weight (the last checkpoint is intact)")
+            raise TrainingDiverged(
+                f"the gradient norm is {norm} at step {self.step}: training stopped before the "
+                "update; lower lr or raise kl_weight (the last checkpoint is intact)"
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = c.learning_rate(self.step)
         self.optimizer.step()  # with fp16's scaler a non-finite step is skipped by the scaler
@@ -298,8 +364,13 @@ class NFTTrainer:
         stats = self.backward(batch, step)
         stats.update(self.update())
         groups = group_stats(batch.rewards, batch.prompts)
-        entry = {"step": step, "reward": float(batch.rewards.mean()), "reward_std": float(batch.rewards.std(correction=0)),
-                 "tied_fraction": float(groups["tied_fraction"]), **stats}
+        entry = {
+            "step": step,
+            "reward": float(batch.rewards.mean()),
+            "reward_std": float(batch.rewards.std(correction=0)),
+            "tied_fraction": float(groups["tied_fraction"]),
+            **stats,
+        }
         if batch.accuracy is not None:
             entry["accuracy"] = float(batch.accuracy.mean())
         self.history.append(entry)
@@ -309,12 +380,16 @@ class NFTTrainer:
     def train(self, progress: bool = True, callback=None) -> list:
         """Train to ``config.steps`` (resuming where the checkpoint left off); returns the history. ``callback``:
         called as ``callback(trainer)`` on every process before the first step and after each step (an evaluation,
-        e.g. negguide.nft.shapeworld.HeldoutMonitor); the checkpoint of a step is saved after its callback."""
+        e.g. experiments.nft_heldout.study.HeldoutMonitor); the checkpoint of a step is saved after its callback."""
         from tqdm.auto import tqdm
 
         c = self.config
-        bar = tqdm(total=c.steps, initial=self.step, desc="DiffusionNFT",
-                   disable=not (progress and self.accelerator.is_main_process))
+        bar = tqdm(
+            total=c.steps,
+            initial=self.step,
+            desc="DiffusionNFT",
+            disable=not (progress and self.accelerator.is_main_process),
+        )
         if callback is not None:
             callback(self)
         while self.step < c.steps:
@@ -348,13 +423,20 @@ class NFTTrainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             config = {k: v for k, v in asdict(self.config).items() if k != "prompts"}
-            save_training_state(folder, self.policies, self.optimizer, self.ema,
-                                {"step": self.step, "history": self.history, "family": self.family, "config": config})
+            save_training_state(
+                folder,
+                self.policies,
+                self.optimizer,
+                self.ema,
+                {"step": self.step, "history": self.history, "family": self.family, "config": config},
+            )
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, folder: str) -> None:
         ema, meta = load_training_state(folder, self.policies, self.optimizer)
         if meta.get("family") != self.family:
-            raise ValueError(f"the checkpoint in {folder!r} trained a {meta.get('family')} model, this is {self.family}")
+            raise ValueError(
+                f"the checkpoint in {folder!r} trained a {meta.get('family')} model, this is {self.family}"
+            )
         self.ema = ema if self.ema is not None and ema is not None else self.ema
         self.step, self.history = meta["step"], meta["history"]

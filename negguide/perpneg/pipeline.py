@@ -16,25 +16,49 @@ from typing import Any
 
 import torch
 from diffusers import (
-    AutoencoderKL, DiffusionPipeline, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel,
+    AutoencoderKL,
+    DiffusionPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
 )
 
-from ..core.families import (
-    call_defaults, check_shared_embeds, detect_family, get_adapter, repeat_per_image,
+from negguide.core.families import (
+    call_defaults,
+    check_shared_embeds,
+    detect_family,
+    get_adapter,
+    repeat_per_image,
     split_conditioning,
 )
-from ..core.multibranch import POSITIVE, MultiBranchDenoiser, check_conditioning
-from ..guidance.combine import cfg_combine, perp_neg_combine, plain_negative_combine
-from ..guidance.windows import is_active
-from .settings import PerpNegSettings
+from negguide.core.multibranch import POSITIVE, MultiBranchDenoiser, check_conditioning
+from negguide.guidance.combine import cfg_combine, perp_neg_combine, plain_negative_combine
+from negguide.guidance.windows import is_active
+from negguide.perpneg.settings import PerpNegSettings
 
 UNCOND = "uncond"
 COMPONENT_NAMES = (
-    "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3",
-    "unet", "transformer", "scheduler", "safety_checker", "feature_extractor", "image_encoder",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "text_encoder_2",
+    "tokenizer_2",
+    "text_encoder_3",
+    "tokenizer_3",
+    "unet",
+    "transformer",
+    "scheduler",
+    "safety_checker",
+    "feature_extractor",
+    "image_encoder",
 )
-UNSUPPORTED_WITH_BRANCHES = ("ip_adapter_image", "ip_adapter_image_embeds", "skip_guidance_layers",
-                             "negative_ip_adapter_image", "negative_ip_adapter_image_embeds")
+UNSUPPORTED_WITH_BRANCHES = (
+    "ip_adapter_image",
+    "ip_adapter_image_embeds",
+    "skip_guidance_layers",
+    "negative_ip_adapter_image",
+    "negative_ip_adapter_image_embeds",
+)
 
 
 class PerpNegPipeline(DiffusionPipeline):
@@ -69,10 +93,19 @@ class PerpNegPipeline(DiffusionPipeline):
     ):
         super().__init__()
         components = dict(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, unet=unet,
-            transformer=transformer, scheduler=scheduler, safety_checker=safety_checker,
-            feature_extractor=feature_extractor, image_encoder=image_encoder,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3,
+            unet=unet,
+            transformer=transformer,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
         )
         family = detect_family(components)
         missing = [n for n in get_adapter(family).requires if components.get(n) is None]
@@ -105,7 +138,9 @@ class PerpNegPipeline(DiffusionPipeline):
         modules = {name: getattr(self, name, None) for name in expected}
         key = tuple(id(m) for m in modules.values())
         if self._inner_cache[0] != key:
-            extra = {k: self.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt") if k in optional}
+            extra = {
+                k: self.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt") if k in optional
+            }
             inner = cls(**modules, **extra)
             self._inner_cache = (key, inner)
         inner = self._inner_cache[1]
@@ -143,24 +178,38 @@ class PerpNegPipeline(DiffusionPipeline):
             negtome_reference_images, negtome_reference_masks: NegToMe's reference mode (images to move away from).
         """
         settings = PerpNegSettings(
-            negatives=negatives, negative_weights=negative_weights, negative_windows=negative_windows,
-            positives=positives, positive_weights=positive_weights, mode=guidance_mode, eps=perp_neg_eps,
+            negatives=negatives,
+            negative_weights=negative_weights,
+            negative_windows=negative_windows,
+            positives=positives,
+            positive_weights=positive_weights,
+            mode=guidance_mode,
+            eps=perp_neg_eps,
         )
         inner = self.family_pipeline()
         call = self._check_call(inner, prompt, kwargs)
         denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
         if getattr(denoiser, "_negguide_negtome", None) is not None:
-            raise ValueError("NegToMe is already applied to this pipeline's denoiser; remove it and pass negtome= instead")
+            raise ValueError(
+                "NegToMe is already applied to this pipeline's denoiser; remove it and pass negtome= instead"
+            )
         if negtome is None:
             if negtome_reference_images is not None or negtome_reference_masks is not None:
                 raise ValueError("negtome_reference_images need negtome=NegToMeSettings(...) as well")
             return self._generate(inner, call, settings)
-        from ..negtome.hooks import NegToMeHandle
+        from negguide.negtome.hooks import NegToMeHandle
 
-        images = self._images_per_branch(prompt, call)
+        images = self._images_per_branch(call)
         handle = NegToMeHandle(
-            denoiser, self.family, negtome, lambda rows: max(1, rows // images), inner.scheduler, self.vae,
-            negtome_reference_images, negtome_reference_masks, getattr(type(inner), "_pack_latents", None),
+            denoiser,
+            self.family,
+            negtome,
+            lambda rows: max(1, rows // images),
+            inner.scheduler,
+            self.vae,
+            negtome_reference_images,
+            negtome_reference_masks,
+            getattr(type(inner), "_pack_latents", None),
         )
         if call.get("height") and call.get("width"):
             handle.check_size(call["height"], call["width"])
@@ -172,7 +221,7 @@ class PerpNegPipeline(DiffusionPipeline):
         prompt = call["prompt"]
         return len(prompt) if isinstance(prompt, list) else 1 if prompt is not None else call["prompt_embeds"].shape[0]
 
-    def _images_per_branch(self, prompt, call: dict) -> int:
+    def _images_per_branch(self, call: dict) -> int:
         return self._batch_size(call) * (call.get("num_images_per_prompt", 1) or 1)
 
     def _generate(self, inner, call: dict, settings: PerpNegSettings):
@@ -200,14 +249,20 @@ class PerpNegPipeline(DiffusionPipeline):
             options = {k: call[k] for k in ("clip_skip", "max_sequence_length") if call.get(k) is not None}
             encoded = adapter.encode(inner, [t for t in texts for _ in range(batch_size)], per_prompt, device, options)
             for i, part in enumerate(split_conditioning(encoded, len(texts))):
-                branches[f"positive:{i}" if i < len(settings.positives) else f"negative:{i - len(settings.positives)}"] = part
+                branches[
+                    f"positive:{i}" if i < len(settings.positives) else f"negative:{i - len(settings.positives)}"
+                ] = part
         for name, conditioning in branches.items():
             check_conditioning(adapter, "negative_prompt_embeds" if name == UNCOND else name, conditioning, positive)
 
         plan = _make_plan(settings, cfg_on)
         combine = _make_combiner(settings, scale, call.get("guidance_rescale", 0.0) or 0.0)
         hook = MultiBranchDenoiser(
-            getattr(self, adapter.denoiser_attr), adapter, branches, plan, combine,
+            getattr(self, adapter.denoiser_attr),
+            adapter,
+            branches,
+            plan,
+            combine,
             num_steps=lambda: getattr(inner, "_num_timesteps", None) or len(inner.scheduler.timesteps),
         )
         with hook:
@@ -263,8 +318,14 @@ def _make_combiner(settings: PerpNegSettings, scale: float, guidance_rescale: fl
             guided = plain_negative_combine(positive, scale, [preds[n] for n in negs], [weight_of(n) for n in negs])
         elif negs or extras:
             guided = perp_neg_combine(
-                preds[UNCOND], positive, scale, [preds[n] for n in negs], [weight_of(n) for n in negs],
-                [preds[n] for n in extras], [weight_of(n) for n in extras], eps=settings.eps,
+                preds[UNCOND],
+                positive,
+                scale,
+                [preds[n] for n in negs],
+                [weight_of(n) for n in negs],
+                [preds[n] for n in extras],
+                [weight_of(n) for n in extras],
+                eps=settings.eps,
             )
         else:
             guided = cfg_combine(preds[UNCOND], positive, scale)

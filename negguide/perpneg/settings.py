@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from ..guidance.combine import DEFAULT_EPS
-from ..guidance.windows import FULL_WINDOW, validate_window
+from negguide.guidance.combine import DEFAULT_EPS
+from negguide.guidance.windows import FULL_WINDOW, validate_window
 
 MODES = ("perp_neg", "plain")
 
@@ -30,7 +30,9 @@ def _check_weights(weights, count: int, name: str, prompts_name: str) -> list[fl
         raise TypeError(f"{name} must be a list of numbers, one per entry of {prompts_name}; got {weights!r}")
     weights = list(weights)
     if len(weights) != count:
-        raise ValueError(f"{name} has {len(weights)} entries but {prompts_name} has {count}: give one weight per prompt")
+        raise ValueError(
+            f"{name} has {len(weights)} entries but {prompts_name} has {count}: give one weight per prompt"
+        )
     out = []
     for i, w in enumerate(weights):
         if isinstance(w, bool) or not isinstance(w, (int, float)):
@@ -58,25 +60,48 @@ class PerpNegSettings:
     """
 
     negatives: list = field(default_factory=list, metadata={"help": "negative prompts"})
-    negative_weights: list | None = field(default=None, metadata={
-        "help": "one weight >= 0 per negative (default 1.0)", "min": 0.0, "max": 5.0, "step": 0.05, "default": 1.0})
-    negative_windows: list | None = field(default=None, metadata={
-        "help": "one (start, end) window per negative, fractions of the run", "min": 0.0, "max": 1.0, "step": 0.05})
+    negative_weights: list | None = field(
+        default=None,
+        metadata={
+            "help": "one weight >= 0 per negative (default 1.0)",
+            "min": 0.0,
+            "max": 5.0,
+            "step": 0.05,
+            "default": 1.0,
+        },
+    )
+    negative_windows: list | None = field(
+        default=None,
+        metadata={
+            "help": "one (start, end) window per negative, fractions of the run",
+            "min": 0.0,
+            "max": 1.0,
+            "step": 0.05,
+        },
+    )
     positives: list = field(default_factory=list, metadata={"help": "extra positive prompts (composition)"})
-    positive_weights: list | None = field(default=None, metadata={
-        "help": "one weight >= 0 per extra positive", "min": 0.0, "max": 5.0, "step": 0.05, "default": 1.0})
+    positive_weights: list | None = field(
+        default=None,
+        metadata={"help": "one weight >= 0 per extra positive", "min": 0.0, "max": 5.0, "step": 0.05, "default": 1.0},
+    )
     mode: str = field(default="perp_neg", metadata={"help": "perp_neg or plain", "choices": MODES})
     eps: float = field(default=DEFAULT_EPS, metadata={"help": "epsilon added to ||D_pos||^2"})
 
     def __post_init__(self) -> None:
         self.negatives = _as_text_list(self.negatives, "negatives")
         self.positives = _as_text_list(self.positives, "positives")
-        self.negative_weights = _check_weights(self.negative_weights, len(self.negatives), "negative_weights", "negatives")
-        self.positive_weights = _check_weights(self.positive_weights, len(self.positives), "positive_weights", "positives")
+        self.negative_weights = _check_weights(
+            self.negative_weights, len(self.negatives), "negative_weights", "negatives"
+        )
+        self.positive_weights = _check_weights(
+            self.positive_weights, len(self.positives), "positive_weights", "positives"
+        )
         if self.negative_windows is None:
             self.negative_windows = [FULL_WINDOW] * len(self.negatives)
-        elif isinstance(self.negative_windows, tuple) and len(self.negative_windows) == 2 and all(
-            isinstance(v, (int, float)) for v in self.negative_windows
+        elif (
+            isinstance(self.negative_windows, tuple)
+            and len(self.negative_windows) == 2
+            and all(isinstance(v, (int, float)) for v in self.negative_windows)
         ):
             self.negative_windows = [self.negative_windows] * len(self.negatives)  # one window for all
         else:
@@ -87,10 +112,16 @@ class PerpNegSettings:
                     "give one (start, end) window per negative"
                 )
             self.negative_windows = windows
-        self.negative_windows = [validate_window(w, f"negative_windows[{i}]") for i, w in enumerate(self.negative_windows)]
+        self.negative_windows = [
+            validate_window(w, f"negative_windows[{i}]") for i, w in enumerate(self.negative_windows)
+        ]
         if self.mode not in MODES:
             raise ValueError(f"mode = {self.mode!r} is not one of {MODES}")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not (self.eps > 0 and math.isfinite(self.eps)):
+        if (
+            isinstance(self.eps, bool)
+            or not isinstance(self.eps, (int, float))
+            or not (self.eps > 0 and math.isfinite(self.eps))
+        ):
             raise ValueError(f"eps = {self.eps!r} must be a small positive number such as 1e-8")
         if self.mode == "plain" and self.positives:
             raise ValueError("extra positives need mode='perp_neg': plain negative prompting has no composition term")

@@ -66,7 +66,7 @@ class NegativeEmbedding:
 
     def check_compatible(self, pipe) -> None:
         """ValueError unless ``pipe`` is of this family and encodes text to these shapes."""
-        from ..core.families import detect_family
+        from negguide.core.families import detect_family
 
         family = getattr(pipe, "family", None) or detect_family(pipe.components)
         if family != self.family:
@@ -86,7 +86,7 @@ class NegativeEmbedding:
         a stock diffusers pipeline needs ``batch_rows`` copies: use ``repeat``."""
         return {NEGATIVE_ARGUMENT[n]: t.to(device=device, dtype=dtype) for n, t in self.tensors.items()}
 
-    def repeat(self, rows: int) -> "NegativeEmbedding":
+    def repeat(self, rows: int) -> NegativeEmbedding:
         """The same embedding with ``rows`` identical rows (for stock pipelines with several prompts)."""
         tensors = {n: t.expand(rows, *t.shape[1:]).contiguous() for n, t in self.tensors.items()}
         out = NegativeEmbedding.__new__(NegativeEmbedding)
@@ -105,7 +105,7 @@ class NegativeEmbedding:
         return path
 
     @classmethod
-    def load(cls, path: str, pipe=None) -> "NegativeEmbedding":
+    def load(cls, path: str, pipe=None) -> NegativeEmbedding:
         """Read a file written by :meth:`save`; with ``pipe``, also check it fits that model."""
         from safetensors import safe_open
 
@@ -116,8 +116,10 @@ class NegativeEmbedding:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as error:  # safetensors raises its own error type for a file of another format
-            raise ValueError(f"{path!r} is not a safetensors file ({error}); convert published .bin files with "
-                             "NegativeEmbedding.from_bin") from None
+            raise ValueError(
+                f"{path!r} is not a safetensors file ({error}); convert published .bin files with "
+                "NegativeEmbedding.from_bin"
+            ) from None
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{path!r} is not a negguide negative embedding (format {meta.get('format')!r}); "
@@ -132,14 +134,16 @@ class NegativeEmbedding:
         return embedding
 
     @classmethod
-    def from_bin(cls, path: str, family: str, metadata: dict | None = None) -> "NegativeEmbedding":
+    def from_bin(cls, path: str, family: str, metadata: dict | None = None) -> NegativeEmbedding:
         """Convert a published ``.bin`` (a pickled tensor or dict of tensors) read as plain tensors only
         (``weights_only=True``: no code in the file runs). A bare tensor is the ``prompt_embeds``."""
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # an unpickling error: the file holds objects, not only tensors
-            raise ValueError(f"{path!r} is not a plain tensor file ({type(error).__name__}: {error}); "
-                             "negguide never unpickles objects") from None
+            raise ValueError(
+                f"{path!r} is not a plain tensor file ({type(error).__name__}: {error}); "
+                "negguide never unpickles objects"
+            ) from None
         if isinstance(data, torch.Tensor):
             data = {"prompt_embeds": data}
         if not isinstance(data, dict):
@@ -148,15 +152,20 @@ class NegativeEmbedding:
         return cls(family, tensors, {"converted_from": os.path.basename(path), **(metadata or {})})
 
 
-def null_embedding(pipe, family: str | None = None, text: str = "", max_sequence_length: int | None = None) -> NegativeEmbedding:
+def null_embedding(
+    pipe, family: str | None = None, text: str = "", max_sequence_length: int | None = None
+) -> NegativeEmbedding:
     """The embedding of ``text`` (default the empty prompt: the null-text initialisation of ReNeg)."""
-    from ..core.families import detect_family, get_adapter
+    from negguide.core.families import detect_family, get_adapter
 
     family = family or getattr(pipe, "family", None) or detect_family(pipe.components)
     adapter = get_adapter(family)
     inner = pipe.family_pipeline() if hasattr(pipe, "family_pipeline") else pipe
-    options = {} if max_sequence_length is None or family == "sd" or family == "sdxl" else {
-        "max_sequence_length": _t5_tokens(inner, family, max_sequence_length)}
+    options = (
+        {}
+        if max_sequence_length is None or family == "sd" or family == "sdxl"
+        else {"max_sequence_length": _t5_tokens(inner, family, max_sequence_length)}
+    )
     with torch.no_grad():
         conditioning = adapter.encode(inner, [text], 1, inner._execution_device, options)
     tensors = {}

@@ -12,15 +12,23 @@ import json
 import os
 from dataclasses import replace
 
-from .embedding import NegativeEmbedding
-from .trainer import ReNegConfig, ReNegTrainer
+from negguide.reneg.embedding import NegativeEmbedding
+from negguide.reneg.trainer import ReNegConfig, ReNegTrainer
 
 INDEX = "prompts.json"
 SELECTIONS = ("final", "step")  # what per-sample early stopping scores: complete samples, or the one-step objective
 
 
-def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prompt: str, config: ReNegConfig,
-                         patience: int = 3, selection: str = "final", confirm_samples: int = 0) -> NegativeEmbedding:
+def per_sample_embedding(
+    pipe,
+    reward,
+    global_embedding: NegativeEmbedding,
+    prompt: str,
+    config: ReNegConfig,
+    patience: int = 3,
+    selection: str = "final",
+    confirm_samples: int = 0,
+) -> NegativeEmbedding:
     """ReNeg's per-sample variant: a few more steps from the global embedding on one prompt (the paper: at most
     ``config.steps`` = 10), keeping the best and stopping after ``patience`` steps without improvement.
 
@@ -39,7 +47,11 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
         raise ValueError(f"confirm_samples = {confirm_samples!r} must be an integer >= 0 (0: no confirmation)")
     config = replace(config, prompts=[prompt], output_dir=None, warmup_steps=0)
     trainer = ReNegTrainer(pipe, reward, config, init=global_embedding)
-    score = (lambda: trainer.final_reward([prompt] * config.batch_size)) if selection == "final" else (lambda: trainer.evaluate(0))
+    score = (
+        (lambda: trainer.final_reward([prompt] * config.batch_size))
+        if selection == "final"
+        else (lambda: trainer.evaluate(0))
+    )
     best = _copy(global_embedding)
     best_reward, since = score(), 0
     while trainer.step < config.steps and since < patience:
@@ -56,15 +68,24 @@ def per_sample_embedding(pipe, reward, global_embedding: NegativeEmbedding, prom
             scores.append(trainer.final_reward([prompt] * confirm_samples, seed=1))  # noise unseen by the selection
         if scores[1] <= scores[0]:
             best = _copy(global_embedding)
-        best.metadata["per_sample_confirmation"] = (f"global {scores[0]:.6f}, tuned {scores[1]:.6f} on {confirm_samples} "
-                                                    f"fresh samples: kept {'tuned' if scores[1] > scores[0] else 'global'}")
+        best.metadata["per_sample_confirmation"] = (
+            f"global {scores[0]:.6f}, tuned {scores[1]:.6f} on {confirm_samples} "
+            f"fresh samples: kept {'tuned' if scores[1] > scores[0] else 'global'}"
+        )
     best.metadata["per_sample_prompt"] = prompt
     best.metadata["per_sample_reward"] = f"{best_reward:.6f} ({selection})"
     return best
 
 
-def fit_per_sample(pipe, reward, global_embedding: NegativeEmbedding, config: ReNegConfig, folder: str,
-                   progress: bool = True, **options) -> dict:
+def fit_per_sample(
+    pipe,
+    reward,
+    global_embedding: NegativeEmbedding,
+    config: ReNegConfig,
+    folder: str,
+    progress: bool = True,
+    **options,
+) -> dict:
     """``per_sample_embedding`` (with ``options``: patience, selection, confirm_samples) for every prompt of
     ``config.prompts``, each saved in ``folder`` as NNNN.safetensors as soon as it is done, with ``prompts.json``
     mapping prompt -> file. A prompt whose file is already there is skipped, so an interrupted run loses at most the
@@ -96,9 +117,14 @@ def load_per_sample(folder: str, pipe=None) -> dict:
     against that model."""
     index_path = os.path.join(folder, INDEX)
     if not os.path.isfile(index_path):
-        raise ValueError(f"{folder!r} has no {INDEX}: not a per-sample folder (write one with "
-                         "negguide train-reneg --per-sample-from GLOBAL)")
-    return {prompt: NegativeEmbedding.load(os.path.join(folder, name), pipe) for prompt, name in _read_index(index_path).items()}
+        raise ValueError(
+            f"{folder!r} has no {INDEX}: not a per-sample folder (write one with "
+            "negguide train-reneg --per-sample-from GLOBAL)"
+        )
+    return {
+        prompt: NegativeEmbedding.load(os.path.join(folder, name), pipe)
+        for prompt, name in _read_index(index_path).items()
+    }
 
 
 def _copy(embedding: NegativeEmbedding) -> NegativeEmbedding:

@@ -14,8 +14,8 @@ import inspect
 
 import torch
 
-from ..core.families import get_adapter, get_nested, set_nested
-from .embedding import tensor_keys
+from negguide.core.families import get_adapter, get_nested, set_nested
+from negguide.reneg.embedding import tensor_keys
 
 
 class _Stop(Exception):

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..core.accelerate_setup import make_accelerator
-from ..core.training_io import check_writable, cosine_learning_rate, save_curve
-from ..core.families import get_adapter
-from .embedding import NegativeEmbedding, null_embedding
-from .step import decode, default_size, guided_prediction, predict_x0, sample_to_step
+from negguide.core.accelerate_setup import make_accelerator
+from negguide.core.families import get_adapter
+from negguide.core.training_io import check_writable, cosine_learning_rate, save_curve
+from negguide.reneg.embedding import NegativeEmbedding, null_embedding
+from negguide.reneg.step import decode, default_size, guided_prediction, predict_x0, sample_to_step
 
 CHECKPOINT = "checkpoint"
 
@@ -36,14 +36,22 @@ class ReNegConfig:
 
     prompts: list = field(default_factory=list, metadata={"help": "training prompts"})
     steps: int = field(default=200, metadata={"help": "optimizer steps", "min": 1, "max": 100_000})
-    batch_size: int = field(default=8, metadata={"help": "samples per step, all processes together", "min": 1, "max": 4096})
+    batch_size: int = field(
+        default=8, metadata={"help": "samples per step, all processes together", "min": 1, "max": 4096}
+    )
     lr: float = field(default=5e-3, metadata={"help": "AdamW peak learning rate", "min": 1e-6, "max": 1.0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0.0, "max": 1.0})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up before the cosine decay", "min": 0, "max": 10_000})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "linear warm-up before the cosine decay", "min": 0, "max": 10_000}
+    )
     guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale while training", "min": 1.0, "max": 30.0})
     num_inference_steps: int = field(default=20, metadata={"help": "sampling steps", "min": 2, "max": 200})
-    late_steps: int = field(default=7, metadata={"help": "the gradient step is one of the last N", "min": 1, "max": 200})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per step", "min": 1, "max": 1024})
+    late_steps: int = field(
+        default=7, metadata={"help": "the gradient step is one of the last N", "min": 1, "max": 200}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "micro-batches per step", "min": 1, "max": 1024}
+    )
     checkpoint_every: int = field(default=25, metadata={"help": "steps between checkpoints", "min": 1, "max": 100_000})
     seed: int = field(default=0, metadata={"help": "seed of prompts, steps and noise"})
     init_text: str = field(default="", metadata={"help": "initialise from this text's embedding (null text)"})
@@ -58,8 +66,14 @@ class ReNegConfig:
             self.prompts = [self.prompts]
         if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
             raise ValueError("prompts must be a non-empty list of strings (or use --prompts-file)")
-        for name in ("steps", "batch_size", "num_inference_steps", "late_steps", "gradient_accumulation_steps",
-                     "checkpoint_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "num_inference_steps",
+            "late_steps",
+            "gradient_accumulation_steps",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} = {value!r} must be a positive integer")
@@ -67,7 +81,12 @@ class ReNegConfig:
             raise ValueError(f"late_steps = {self.late_steps} exceeds num_inference_steps = {self.num_inference_steps}")
         for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("guidance_scale", 1.0, 100.0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
                 raise ValueError(f"{name} = {value!r} must be a number in [{low}, {high}]")
         if self.lr <= 0:
             raise ValueError(f"lr = {self.lr} must be positive, e.g. 5e-3")
@@ -82,8 +101,9 @@ class EmbeddingParameters(nn.Module):
 
     def __init__(self, embedding: NegativeEmbedding):
         super().__init__()
-        self.values = nn.ParameterDict({arg: nn.Parameter(t.detach().clone().float())
-                                        for arg, t in embedding.negative_kwargs().items()})
+        self.values = nn.ParameterDict(
+            {arg: nn.Parameter(t.detach().clone().float()) for arg, t in embedding.negative_kwargs().items()}
+        )
 
     def forward(self) -> dict:
         return dict(self.values.items())
@@ -103,18 +123,22 @@ class ReNegTrainer:
     """Learns a NegativeEmbedding for ``pipe`` (a PerpNegPipeline or any pipeline it can wrap) and ``reward``."""
 
     def __init__(self, pipe, reward, config: ReNegConfig, init: NegativeEmbedding | None = None, accelerator=None):
-        from ..perpneg.pipeline import PerpNegPipeline
+        from negguide.perpneg.pipeline import PerpNegPipeline
 
         if not callable(reward):
             raise TypeError(f"reward must be a callable (images, prompts) -> Tensor[B], got {type(reward).__name__}")
         self.pipe = pipe if isinstance(pipe, PerpNegPipeline) else PerpNegPipeline.from_pipe(pipe)
         self.reward, self.config = reward, config
-        self.accelerator = accelerator or make_accelerator(mixed_precision="no",  # ReNeg trains in float32
-                                                           gradient_accumulation_steps=config.gradient_accumulation_steps)
+        self.accelerator = accelerator or make_accelerator(
+            mixed_precision="no",  # ReNeg trains in float32
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        )
         world = self.accelerator.num_processes * config.gradient_accumulation_steps
         if config.batch_size % world:
-            raise ValueError(f"batch_size = {config.batch_size} does not split into {self.accelerator.num_processes} "
-                             f"processes x {config.gradient_accumulation_steps} micro-batches: use a multiple of {world}")
+            raise ValueError(
+                f"batch_size = {config.batch_size} does not split into {self.accelerator.num_processes} "
+                f"processes x {config.gradient_accumulation_steps} micro-batches: use a multiple of {world}"
+            )
         if config.output_dir is not None:
             check_writable(config.output_dir)
         self.pipe.to(self.accelerator.device)
@@ -126,10 +150,16 @@ class ReNegTrainer:
         denoiser = getattr(self.pipe, get_adapter(self.pipe.family).denoiser_attr)
         if config.gradient_checkpointing and getattr(denoiser, "_supports_gradient_checkpointing", False):
             denoiser.enable_gradient_checkpointing()
-        self.height, self.width = (config.height, config.width) if config.height and config.width else default_size(self.pipe)
+        self.height, self.width = (
+            (config.height, config.width) if config.height and config.width else default_size(self.pipe)
+        )
         sequence = config.pipeline_kwargs.get("max_sequence_length")
-        init = init or null_embedding(self.pipe, self.pipe.family, config.init_text,
-                                      None if sequence is None else _sequence_tokens(self.pipe, sequence))
+        init = init or null_embedding(
+            self.pipe,
+            self.pipe.family,
+            config.init_text,
+            None if sequence is None else _sequence_tokens(self.pipe, sequence),
+        )
         init.check_compatible(self.pipe)
         self.base_metadata = dict(init.metadata)
         self.model = EmbeddingParameters(init).to(self.accelerator.device)
@@ -161,9 +191,17 @@ class ReNegTrainer:
         adapter = get_adapter(self.pipe.family)
         generators = [torch.Generator().manual_seed(_seed(c.seed, "final", seed, i)) for i in range(len(prompts))]
         embeds = {k: v.detach() for k, v in self.model().items()}
-        images = self.pipe(list(prompts), generator=generators, output_type="pt", num_inference_steps=c.num_inference_steps,
-                           height=self.height, width=self.width, **{adapter.scale_argument: c.guidance_scale},
-                           **embeds, **c.pipeline_kwargs).images
+        images = self.pipe(
+            list(prompts),
+            generator=generators,
+            output_type="pt",
+            num_inference_steps=c.num_inference_steps,
+            height=self.height,
+            width=self.width,
+            **{adapter.scale_argument: c.guidance_scale},
+            **embeds,
+            **c.pipeline_kwargs,
+        ).images
         rewards = self.reward(images.float(), list(prompts))
         _check_reward(rewards, len(prompts), grad=False)
         return float(rewards.float().mean())
@@ -175,8 +213,13 @@ class ReNegTrainer:
         generators = [torch.Generator().manual_seed(_seed(c.seed, "noise", step, i)) for i in indices]
         texts = [prompts[i] for i in indices]
         embeds = self.model()
-        call = {"num_inference_steps": c.num_inference_steps, adapter.scale_argument: c.guidance_scale,
-                "height": self.height, "width": self.width, **c.pipeline_kwargs}
+        call = {
+            "num_inference_steps": c.num_inference_steps,
+            adapter.scale_argument: c.guidance_scale,
+            "height": self.height,
+            "width": self.width,
+            **c.pipeline_kwargs,
+        }
         arguments = sample_to_step(self.pipe, texts, embeds, late, generators, call)
         with torch.set_grad_enabled(grad):
             guided, x_t, timestep = guided_prediction(self.pipe, arguments, embeds, c.guidance_scale)
@@ -195,7 +238,7 @@ class ReNegTrainer:
         rewards = []
         for m in range(c.gradient_accumulation_steps):
             with acc.accumulate(self.model):
-                loss, values = self.loss(self.step, mine[m * size:(m + 1) * size], prompts, late)
+                loss, values = self.loss(self.step, mine[m * size : (m + 1) * size], prompts, late)
                 acc.backward(loss)
                 self._check_gradients()
                 self.optimizer.step()
@@ -209,17 +252,23 @@ class ReNegTrainer:
     def _check_gradients(self) -> None:
         for name, param in self.accelerator.unwrap_model(self.model).values.items():
             if param.grad is None:
-                raise ValueError("the reward gave no gradient to the embedding: it must be differentiable "
-                                 "w.r.t. the images (no .detach(), no numpy, no argmax)")
+                raise ValueError(
+                    "the reward gave no gradient to the embedding: it must be differentiable "
+                    "w.r.t. the images (no .detach(), no numpy, no argmax)"
+                )
             if not torch.isfinite(param.grad).all():
-                raise ValueError(f"the gradient of {name} is not finite at step {self.step}: lower lr or check the reward")
+                raise ValueError(
+                    f"the gradient of {name} is not finite at step {self.step}: lower lr or check the reward"
+                )
 
     # ------------------------------------------------------------------ the run
     def train(self, progress: bool = True) -> NegativeEmbedding:
         from tqdm.auto import tqdm
 
         c = self.config
-        bar = tqdm(total=c.steps, initial=self.step, desc="ReNeg", disable=not (progress and self.accelerator.is_main_process))
+        bar = tqdm(
+            total=c.steps, initial=self.step, desc="ReNeg", disable=not (progress and self.accelerator.is_main_process)
+        )
         while self.step < c.steps:
             reward = self.train_step()
             bar.update(1)
@@ -240,18 +289,27 @@ class ReNegTrainer:
         values = self.accelerator.unwrap_model(self.model).values
         for arg, tensor in embedding.negative_kwargs().items():
             if arg not in values or values[arg].shape != tensor.shape:
-                raise ValueError(f"{arg} of shape {tuple(tensor.shape)} does not match the trained "
-                                 f"{tuple(values[arg].shape) if arg in values else 'tensors'}")
+                raise ValueError(
+                    f"{arg} of shape {tuple(tensor.shape)} does not match the trained "
+                    f"{tuple(values[arg].shape) if arg in values else 'tensors'}"
+                )
             values[arg].copy_(tensor.to(values[arg].device, values[arg].dtype))
 
     def embedding(self) -> NegativeEmbedding:
         values = self.accelerator.unwrap_model(self.model).values
         names = {"negative_prompt_embeds": "prompt_embeds", "negative_pooled_prompt_embeds": "pooled_prompt_embeds"}
-        meta = {**self.base_metadata, "trained_by": "negguide ReNeg", "steps": self.step,
-                "reward": describe_reward(self.reward), "base_model": getattr(self.pipe, "name_or_path", "") or "",
-                "config": json.dumps({k: v for k, v in asdict(self.config).items() if k not in ("prompts", "output_dir")}),
-                "prompts": str(len(self.config.prompts))}
-        return NegativeEmbedding(self.pipe.family, {names[k]: v.detach().cpu().clone() for k, v in values.items()}, meta)
+        meta = {
+            **self.base_metadata,
+            "trained_by": "negguide ReNeg",
+            "steps": self.step,
+            "reward": describe_reward(self.reward),
+            "base_model": getattr(self.pipe, "name_or_path", "") or "",
+            "config": json.dumps({k: v for k, v in asdict(self.config).items() if k not in ("prompts", "output_dir")}),
+            "prompts": str(len(self.config.prompts)),
+        }
+        return NegativeEmbedding(
+            self.pipe.family, {names[k]: v.detach().cpu().clone() for k, v in values.items()}, meta
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str) -> None:
@@ -264,8 +322,12 @@ class ReNegTrainer:
             os.makedirs(tmp, exist_ok=True)
             self.embedding().save(os.path.join(tmp, "embedding.safetensors"))
             state = self.optimizer.state_dict()
-            tensors = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, s in state["state"].items()
-                       for k, v in s.items() if isinstance(v, torch.Tensor)}
+            tensors = {
+                f"{pid}.{k}": v.detach().cpu().contiguous()
+                for pid, s in state["state"].items()
+                for k, v in s.items()
+                if isinstance(v, torch.Tensor)
+            }
             save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
             with open(os.path.join(tmp, "state.json"), "w") as f:
                 json.dump({"step": self.step, "history": self.history, "param_groups": state["param_groups"]}, f)

@@ -35,10 +35,10 @@ import warnings
 from collections import OrderedDict
 
 import torch
-
-from .inputs import check_images_and_prompts
 import torch.nn.functional as F
 from torch import nn
+
+from negguide.rewards.inputs import check_images_and_prompts
 
 #: OpenAI CLIP's normalisation (used when no CLIPImageProcessor config is found)
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -153,12 +153,25 @@ class CLIPScoreReward(nn.Module):
 
     default_scale: float | str = 1.0
 
-    def __init__(self, model, tokenizer, mean=None, std=None, *, scale: float | str | None = None,
-                 clamp: bool = False, resize_size: int | None = None, max_length: int | None = None,
-                 text_cache_size: int = 4096):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        mean=None,
+        std=None,
+        *,
+        scale: float | str | None = None,
+        clamp: bool = False,
+        resize_size: int | None = None,
+        max_length: int | None = None,
+        text_cache_size: int = 4096,
+    ):
         super().__init__()
-        missing = [a for a in ("text_model", "vision_model", "text_projection", "visual_projection", "logit_scale")
-                   if not hasattr(model, a)]
+        missing = [
+            a
+            for a in ("text_model", "vision_model", "text_projection", "visual_projection", "logit_scale")
+            if not hasattr(model, a)
+        ]
         if not isinstance(model, nn.Module) or missing:
             raise TypeError(
                 f"model must be a transformers CLIPModel, got {type(model).__name__} (missing {missing}); load one"
@@ -212,9 +225,14 @@ class CLIPScoreReward(nn.Module):
     # -- loading
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
-                        processor: str | os.PathLike | None = None, torch_dtype=None, device=None,
-                        **options) -> "CLIPScoreReward":
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        processor: str | os.PathLike | None = None,
+        torch_dtype=None,
+        device=None,
+        **options,
+    ) -> CLIPScoreReward:
         """Load a ``CLIPModel`` from ``pretrained_model_name_or_path`` and the tokenizer (``AutoTokenizer``) and
         image settings (``preprocessor_config.json``: mean, std, shortest edge) from ``processor`` (default the
         same path). Paths are local folders, or hub ids where the hub is reachable. ``torch_dtype`` (e.g.
@@ -228,7 +246,8 @@ class CLIPScoreReward(nn.Module):
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         hint = (
             " (a local folder written by CLIPModel.save_pretrained, or a hub id when the Hugging Face hub is"
-            " reachable" + ("; HF_HUB_OFFLINE is set, so only local folders and cached ids work" if offline else "")
+            " reachable"
+            + ("; HF_HUB_OFFLINE is set, so only local folders and cached ids work" if offline else "")
             + ")"
         )
         try:
@@ -278,10 +297,12 @@ class CLIPScoreReward(nn.Module):
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         param = self.model.text_projection.weight
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
-                                return_tensors="pt")
-        out = self.model.text_model(input_ids=tokens["input_ids"].to(param.device),
-                                    attention_mask=tokens["attention_mask"].to(param.device))
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        out = self.model.text_model(
+            input_ids=tokens["input_ids"].to(param.device), attention_mask=tokens["attention_mask"].to(param.device)
+        )
         emb = self.model.text_projection(out.pooler_output).float()  # [N, D]
         return emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
@@ -325,8 +346,10 @@ class CLIPScoreReward(nn.Module):
         return cos * self.score_scale()
 
     def extra_repr(self) -> str:
-        return (f"scale={self.scale!r}, clamp={self.clamp}, image_size={self.image_size},"
-                f" resize_size={self.resize_size}, max_length={self.max_length}")
+        return (
+            f"scale={self.scale!r}, clamp={self.clamp}, image_size={self.image_size},"
+            f" resize_size={self.resize_size}, max_length={self.max_length}"
+        )
 
 
 class PickScoreReward(CLIPScoreReward):
@@ -341,9 +364,14 @@ class PickScoreReward(CLIPScoreReward):
     default_scale = "logit_scale"
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = PICKSCORE_MODEL,
-                        processor: str | os.PathLike | None = None, torch_dtype=None, device=None,
-                        **options) -> "PickScoreReward":
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike = PICKSCORE_MODEL,
+        processor: str | os.PathLike | None = None,
+        torch_dtype=None,
+        device=None,
+        **options,
+    ) -> PickScoreReward:
         """Like ``CLIPScoreReward.from_pretrained``; for the default ``yuvalkirstain/PickScore_v1`` the processor
         defaults to ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (that repository holds PickScore's tokenizer)."""
         if processor is None and os.fspath(pretrained_model_name_or_path) == PICKSCORE_MODEL:

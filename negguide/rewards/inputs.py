@@ -5,23 +5,24 @@ from __future__ import annotations
 import torch
 
 
-def check_images_and_prompts(images, prompts, min_size: int = 1, single_prompt: bool = True,
-                             value_range: bool = True) -> list[str]:
+def check_images_and_prompts(
+    images, prompts, min_size: int = 1, single_prompt: bool = True, value_range: bool = True
+) -> list[str]:
     """Validate a reward call; return the prompts as a list of ``B`` strings (with ``single_prompt``, one str is
     repeated). ``value_range`` also checks [0, 1] (one host sync); ``min_size`` is the smallest side in pixels."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor [B, 3, H, W] in [0, 1], got {type(images).__name__}")
     if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a float tensor in [0, 1], got dtype {images.dtype}; use images.float() / 255"
-        )
+        raise TypeError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}; use images.float() / 255")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
             f"images must have shape [B, 3, H, W], got {tuple(images.shape)}; add a batch dim with images[None]"
             " or move channels first with images.permute(0, 3, 1, 2)"
         )
     if images.shape[0] == 0 or min(images.shape[2:]) < min_size:
-        raise ValueError(f"images of shape {tuple(images.shape)} are empty or smaller than {min_size}x{min_size} pixels")
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} are empty or smaller than {min_size}x{min_size} pixels"
+        )
     batch = images.shape[0]
     if isinstance(prompts, str) and single_prompt:
         prompts = [prompts] * batch

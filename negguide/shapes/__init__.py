@@ -1,39 +1,5 @@
-"""ShapeWorld: a world of coloured shapes whose attributes a program reads back exactly.
+"""Deprecated: moved to :mod:`negguide.shapeworld` in 0.2; this alias goes in the next release."""
 
-``world`` (vocabulary, scenes, renderer, captions), ``judge`` (read-back and metrics), ``components``,
-``train_model`` and ``train_unet`` (the bundled tiny SD3-layout model and its SD-format sibling), ``evaluate``
-(their accuracy), ``bench`` (the efficacy benchmark). Only the pure-numpy parts are
-imported here; the torch/diffusers modules load on use.
-"""
+from negguide._lazy import deprecated_module
 
-from .judge import (
-    attribute_probability,
-    caption_satisfied,
-    detect_batch,
-    detect_objects,
-    distinct_pairs,
-    mean_pairwise_distance,
-    prompt_accuracy,
-    prompt_correct,
-)
-from .world import (
-    COLOURS,
-    FAVOURITE_COLOUR,
-    SHAPES,
-    CaptionProbs,
-    ParsedCaption,
-    Scene,
-    ShapeObject,
-    make_dataset,
-    parse_caption,
-    render,
-    sample_caption,
-    sample_scene,
-)
-
-__all__ = [
-    "COLOURS", "FAVOURITE_COLOUR", "SHAPES", "CaptionProbs", "ParsedCaption", "Scene", "ShapeObject",
-    "attribute_probability", "caption_satisfied", "detect_batch", "detect_objects", "distinct_pairs",
-    "make_dataset", "mean_pairwise_distance", "parse_caption", "prompt_accuracy", "prompt_correct", "render",
-    "sample_caption", "sample_scene",
-]
+__getattr__ = deprecated_module(__name__, "negguide.shapeworld")

@@ -18,14 +18,14 @@ TEST_WORDS = (
 
 def build_clip_tokenizer(words=TEST_WORDS, model_max_length: int = 77):
     """A CLIPTokenizer whose vocabulary spells each of ``words`` as a single token."""
-    from ..tokenizers import build_clip_tokenizer as build
+    from negguide.testing.tokenizers import build_clip_tokenizer as build
 
     return build(words, model_max_length)
 
 
 def build_t5_tokenizer(words=TEST_WORDS, model_max_length: int = 512):
     """A T5 (unigram) tokenizer over ``words`` plus single letters."""
-    from ..tokenizers import build_t5_tokenizer as build
+    from negguide.testing.tokenizers import build_t5_tokenizer as build
 
     return build(words, model_max_length)
 
@@ -52,8 +52,14 @@ def _t5_encoder(vocab_size: int, d_model: int = 32):
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_ff=37,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
     )
     return T5EncoderModel(config)
 
@@ -97,8 +103,17 @@ def _sd_components(seed: int):
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
 
 
 def _sdxl_components(seed: int):
@@ -130,11 +145,21 @@ def _sdxl_components(seed: int):
     text_encoder = CLIPTextModel(_clip_config(len(tokenizer)))
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(len(tokenizer)))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="leading", steps_offset=1)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
     del StableDiffusionXLPipeline
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                tokenizer_2=build_clip_tokenizer(), scheduler=scheduler, image_encoder=None, feature_extractor=None)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=build_clip_tokenizer(),
+        scheduler=scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+    )
 
 
 def _sd3_components(seed: int):
@@ -143,8 +168,16 @@ def _sd3_components(seed: int):
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+        sample_size=16,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
     )
     torch.manual_seed(seed + 1)
     vae = _vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
@@ -156,10 +189,19 @@ def _sd3_components(seed: int):
     tokenizer_3 = build_t5_tokenizer()
     torch.manual_seed(seed + 4)
     text_encoder_3 = _t5_encoder(len(tokenizer_3))
-    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                text_encoder_2=text_encoder_2, tokenizer_2=build_clip_tokenizer(), text_encoder_3=text_encoder_3,
-                tokenizer_3=tokenizer_3, scheduler=FlowMatchEulerDiscreteScheduler(),
-                image_encoder=None, feature_extractor=None)
+    return dict(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=build_clip_tokenizer(),
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        image_encoder=None,
+        feature_extractor=None,
+    )
 
 
 def _flux_components(seed: int):
@@ -168,8 +210,15 @@ def _flux_components(seed: int):
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
         guidance_embeds=True,
     )
     torch.manual_seed(seed + 1)
@@ -180,9 +229,17 @@ def _flux_components(seed: int):
     tokenizer_2 = build_t5_tokenizer()
     torch.manual_seed(seed + 3)
     text_encoder_2 = _t5_encoder(len(tokenizer_2))
-    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, scheduler=FlowMatchEulerDiscreteScheduler(),
-                image_encoder=None, feature_extractor=None)
+    return dict(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        image_encoder=None,
+        feature_extractor=None,
+    )
 
 
 _BUILDERS = {"sd": _sd_components, "sdxl": _sdxl_components, "sd3": _sd3_components, "flux": _flux_components}
@@ -199,8 +256,12 @@ def tiny_pipeline(family: str, seed: int = 0):
     """A tiny diffusers pipeline of ``family`` ("sd", "sdxl", "sd3", "flux"), in eval mode on the CPU."""
     from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    classes = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline,
-               "sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
+    classes = {
+        "sd": StableDiffusionPipeline,
+        "sdxl": StableDiffusionXLPipeline,
+        "sd3": StableDiffusion3Pipeline,
+        "flux": FluxPipeline,
+    }
     components = tiny_components(family, seed)
     pipe = classes[family](**components)
     pipe.set_progress_bar_config(disable=True)

@@ -21,10 +21,22 @@ def redness(images, prompts):
 
 
 def config(out: str, accumulation: int = 1) -> NFTConfig:
-    return NFTConfig(prompts=["a red circle", "a blue square", "a green triangle"], group_size=2, prompts_per_step=2,
-                     steps=2, num_inference_steps=2, lora_rank=4, lora_alpha=8.0, lr=1e-3, height=32, width=32,
-                     max_sequence_length=16, gradient_accumulation_steps=accumulation, checkpoint_every=1,
-                     output_dir=out)
+    return NFTConfig(
+        prompts=["a red circle", "a blue square", "a green triangle"],
+        group_size=2,
+        prompts_per_step=2,
+        steps=2,
+        num_inference_steps=2,
+        lora_rank=4,
+        lora_alpha=8.0,
+        lr=1e-3,
+        height=32,
+        width=32,
+        max_sequence_length=16,
+        gradient_accumulation_steps=accumulation,
+        checkpoint_every=1,
+        output_dir=out,
+    )
 
 
 def main(out: str, accumulation: int = 1) -> None:
@@ -33,8 +45,10 @@ def main(out: str, accumulation: int = 1) -> None:
     trainer = NFTTrainer(tiny_pipeline("sd3"), redness, config(out, accumulation), accelerator=accelerator)
     history = trainer.train(progress=False)
     if accelerator.is_main_process:
-        print(f"processes={accelerator.num_processes} backend={accelerator.state.backend} "
-              f"rewards={[round(h['reward'], 6) for h in history]}")
+        print(
+            f"processes={accelerator.num_processes} backend={accelerator.state.backend} "
+            f"rewards={[round(h['reward'], 6) for h in history]}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 from negguide.core.accelerate_setup import make_accelerator
-
 from negguide.reneg import ReNegConfig, ReNegTrainer
 from negguide.testing.tiny import tiny_pipeline
 
@@ -16,9 +15,20 @@ def redness(images, prompts):
 
 
 def config(out: str, accumulation: int = 1) -> ReNegConfig:
-    return ReNegConfig(prompts=["a red circle", "a blue square", "a green triangle"], steps=3, batch_size=4, lr=5e-2,
-                       num_inference_steps=3, late_steps=2, guidance_scale=4.0, height=32, width=32,
-                       gradient_accumulation_steps=accumulation, checkpoint_every=10, output_dir=out)
+    return ReNegConfig(
+        prompts=["a red circle", "a blue square", "a green triangle"],
+        steps=3,
+        batch_size=4,
+        lr=5e-2,
+        num_inference_steps=3,
+        late_steps=2,
+        guidance_scale=4.0,
+        height=32,
+        width=32,
+        gradient_accumulation_steps=accumulation,
+        checkpoint_every=10,
+        output_dir=out,
+    )
 
 
 def main(out: str, accumulation: int = 1) -> None:

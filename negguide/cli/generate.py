@@ -1,0 +1,215 @@
+"""``negguide generate``: one prompt through one or several negative-guidance methods, with the same seed.
+
+examples:
+  # Perp-Neg on the bundled ShapeWorld model: 'a red shape' but not a circle (keeps the red)
+  negguide generate "a red shape" --negative "a red circle" --negative-weight 1.5
+  # every method side by side, same seed; the judge's reading under each image of the grid
+  negguide generate "a red shape" -n "a red circle" --compare none plain perp-neg negtome --out outputs/generate
+  # two negatives, the second one delayed to the last 70% of the steps
+  negguide generate "a shape" -n red -n triangle --negative-weight 1.0 --negative-weight 2.0 \\
+      --negative-window 0 1 --negative-window 0.3 1
+  # NegToMe away from a reference image (optionally only inside a mask; white = the region to avoid)
+  negguide generate "a circle" --method negtome-reference --reference red_circle.png --reference-mask mask.png
+  # a learned negative embedding (negguide train-reneg) or a DiffusionNFT LoRA
+  negguide generate "a red circle and a blue square" --compare none reneg \\
+      --reneg runs/reneg/negative_embedding.safetensors
+  negguide generate "a photo of a dog" --model ./sd15 --method nft-lora --lora runs/nft/lora --lora-scale 0.8
+
+Writes OUT/<method>_<i>.png for every image and OUT/grid.png (one row per method) and prints where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from negguide.cli.errors import ArgumentParser, UsageError, user_input
+from negguide.cli.flags import ranged
+from negguide.cli.generation import (
+    COMPOSABLE,
+    MAX_NEGATIVES,
+    MAX_PROMPT_CHARS,
+    METHODS,
+    GenerateRequest,
+    SamplingSettings,
+    describe,
+    is_hub_id,
+    load_pipeline,
+    prepare,
+    run,
+    save,
+)
+from negguide.negtome.settings import NegToMeSettings
+from negguide.perpneg.settings import PerpNegSettings
+
+
+def _flag(parser, name: str, spec: dict, kind: type, default=None, help=None, alias: tuple = (), **extra):
+    """A flag whose range (and help) comes from a settings dataclass field's metadata."""
+    low, high = spec["min"], spec["max"]
+    parser.add_argument(
+        name,
+        *alias,
+        type=ranged(kind, low, high, name),
+        default=default,
+        help=f"{help or spec.get('help', '')} [{low}, {high}]",
+        **extra,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="negguide generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("prompt", help=f"the prompt (at most {MAX_PROMPT_CHARS} characters)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--method", "-m", choices=list(METHODS), default="perp-neg", help="one method (default perp-neg)"
+    )
+    which.add_argument(
+        "--compare",
+        nargs="+",
+        choices=list(METHODS),
+        metavar="METHOD",
+        help=f"several methods side by side, same seed: {', '.join(METHODS)}",
+    )
+    p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
+    p.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    sampling = SamplingSettings.field_specs()
+    for name, spec in sampling.items():
+        default = "the model's" if spec["default"] is None else spec["default"]
+        _flag(
+            p,
+            "--" + name.replace("_", "-"),
+            spec,
+            float if name == "guidance_scale" else int,
+            default=spec["default"],
+            help=f"{spec['help']} (default {default})",
+        )
+    _flag(p, "--size", sampling["height"], int, help="height and width in pixels")
+    pn = PerpNegSettings.field_specs()
+    g = p.add_argument_group("negatives (plain, perp-neg; with --with-negatives also the other methods)")
+    g.add_argument(
+        "--negative", "-n", action="append", default=[], help=f"a negative prompt (repeatable, up to {MAX_NEGATIVES})"
+    )
+    _flag(
+        g,
+        "--negative-weight",
+        pn["negative_weights"],
+        float,
+        alias=("-w",),
+        action="append",
+        metavar="W",
+        dest="negative_weights",
+        help=f"{pn['negative_weights']['help']}; one for all or one per --negative",
+    )
+    _flag(
+        g,
+        "--negative-window",
+        pn["negative_windows"],
+        float,
+        nargs=2,
+        action="append",
+        dest="negative_windows",
+        metavar=("START", "END"),
+        help=f"{pn['negative_windows']['help']} (default 0 1)",
+    )
+    g.add_argument(
+        "--with-negatives",
+        action="store_true",
+        help=f"also remove the negatives with Perp-Neg in {', '.join(COMPOSABLE)}",
+    )
+    nt = NegToMeSettings.field_specs()
+    from negguide.shapeworld.bench_negtome import DIVERSITY_SETTINGS as D
+    from negguide.shapeworld.bench_negtome import REFERENCE_SETTINGS as R
+
+    g = p.add_argument_group(
+        "NegToMe (negtome, negtome-reference)",
+        description=(
+            f"Unset flags keep the model's preset: NegToMeSettings() with the family's defaults, or on the bundled model "
+            f"the settings tuned on ShapeWorld (negtome: alpha {D.alpha}, threshold {D.threshold}, window {D.window}; "
+            f"negtome-reference: alpha {R.alpha}, threshold {R.threshold}, window {R.window})."
+        ),
+    )
+    _flag(g, "--negtome-alpha", nt["alpha"], float)
+    _flag(g, "--negtome-threshold", nt["threshold"], float)
+    _flag(g, "--negtome-window", nt["window"], float, nargs=2, metavar=("LOW", "HIGH"))
+    g.add_argument(
+        "--negtome-batch-reference", choices=nt["batch_reference"]["choices"], help=nt["batch_reference"]["help"]
+    )
+    g.add_argument("--reference", help="reference image for negtome-reference (resized to the output size)")
+    g.add_argument("--reference-mask", help="mask of the reference, white = the region to avoid")
+    g = p.add_argument_group("ReNeg and DiffusionNFT")
+    g.add_argument(
+        "--reneg", help="negative embedding .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)"
+    )
+    g.add_argument("--lora", help="DiffusionNFT LoRA folder or .safetensors file (nft-lora)")
+    lora_scale = GenerateRequest.field_specs()["lora_scale"]
+    _flag(g, "--lora-scale", lora_scale, float, default=lora_scale["default"])
+    return p
+
+
+def request_from_args(args) -> GenerateRequest:
+    """argparse namespace -> a validated GenerateRequest (the settings' errors are usage errors)."""
+    with user_input():
+        weights = args.negative_weights
+        if weights is not None and len(weights) == 1 and len(args.negative) > 1:
+            weights = weights * len(args.negative)
+        windows = [tuple(w) for w in args.negative_windows] if args.negative_windows else None
+        perp_neg = PerpNegSettings(negatives=args.negative, negative_weights=weights, negative_windows=windows)
+        sampling = SamplingSettings(
+            seed=args.seed,
+            steps=args.steps,
+            height=args.height or args.size,
+            width=args.width or args.size,
+            batch=args.batch,
+            guidance_scale=args.guidance_scale,
+        )
+        negtome = dict(
+            alpha=args.negtome_alpha,
+            threshold=args.negtome_threshold,
+            batch_reference=args.negtome_batch_reference,
+            window=tuple(args.negtome_window) if args.negtome_window else None,
+        )
+        return GenerateRequest(
+            prompt=args.prompt,
+            methods=tuple(args.compare or [args.method]),
+            perp_neg=perp_neg,
+            sampling=sampling,
+            negtome_overrides={k: v for k, v in negtome.items() if v is not None},
+            reference_image=args.reference,
+            reference_mask=args.reference_mask,
+            reneg=args.reneg,
+            lora=args.lora,
+            lora_scale=args.lora_scale,
+            with_negatives=args.with_negatives,
+        )
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    request = request_from_args(args)
+    for name, path in (
+        ("--reference", args.reference),
+        ("--reference-mask", args.reference_mask),
+        ("--reneg", args.reneg),
+        ("--lora", args.lora),
+    ):
+        if path and not os.path.exists(path) and not (name == "--lora" and is_hub_id(path)):
+            raise UsageError(f"{name} {path!r} does not exist")
+    with user_input():
+        pipe = load_pipeline(args.model, args.device, args.dtype)
+        prepared = prepare(pipe, request)
+    start = time.perf_counter()
+    results = run(pipe, request, prepared=prepared)
+    paths = save(results, args.out, describe(request))
+    for result in results:
+        reading = f": {', '.join(result.readings)}" if result.readings else ""
+        print(f"{result.method} ({result.seconds:.1f} s){reading}")
+    print(f"wrote {len(paths) - 1} images and the grid {paths[-1]} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

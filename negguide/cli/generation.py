@@ -1,0 +1,388 @@
+"""Generation shared by ``negguide generate`` and the demo: one prompt through one or several negative-guidance
+methods with the same seed, judged on the bundled ShapeWorld model. The command line is ``generate_cli.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from negguide.cli.inputs import is_hub_id, lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
+from negguide.negtome.reference import prepare_masks
+from negguide.negtome.settings import NegToMeSettings
+from negguide.perpneg.settings import PerpNegSettings
+
+METHODS = {
+    "none": "the prompt alone (classifier-free guidance), the baseline",
+    "plain": "the negatives as diffusers' negative_prompt (they replace the unconditional branch)",
+    "perp-neg": "the negatives with Perp-Neg: weights, windows, only what they do not share with the prompt",
+    "negtome": "NegToMe batch diversity: each image pushed away from the rest of its batch",
+    "negtome-reference": "NegToMe away from a reference image (optionally only inside a mask)",
+    "reneg": "a learned negative embedding (ReNeg) as the unconditional branch",
+    "nft-lora": "a DiffusionNFT LoRA on the denoiser",
+}
+USES_NEGATIVES = ("plain", "perp-neg")
+COMPOSABLE = ("negtome", "negtome-reference", "reneg", "nft-lora")  # --with-negatives adds Perp-Neg to these
+MAX_PROMPT_CHARS = 300
+MAX_NEGATIVES = 8
+
+
+def _range(value, name: str, kind: type, low, high):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not (low <= value <= high):
+        raise ValueError(f"{name} = {value} is outside [{low}, {high}]")
+    return kind(value)
+
+
+@dataclass
+class SamplingSettings:
+    """What every method shares: seed, steps, size, batch and CFG scale (``None`` = the model's default)."""
+
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of the initial noise, the same for every method",
+            "min": 0,
+            "max": 2**32 - 1,
+            "step": 1,
+        },
+    )
+    steps: int | None = field(default=None, metadata={"help": "denoising steps", "min": 1, "max": 150, "step": 1})
+    height: int | None = field(
+        default=None, metadata={"help": "image height in pixels", "min": 16, "max": 2048, "step": 8}
+    )
+    width: int | None = field(
+        default=None, metadata={"help": "image width in pixels", "min": 16, "max": 2048, "step": 8}
+    )
+    batch: int = field(default=4, metadata={"help": "images per method", "min": 1, "max": 16, "step": 1})
+    guidance_scale: float | None = field(
+        default=None, metadata={"help": "classifier-free guidance scale", "min": 0.0, "max": 30.0, "step": 0.5}
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            meta = f.metadata
+            kind = float if f.name == "guidance_scale" else int
+            setattr(self, f.name, _range(getattr(self, f.name), f.name, kind, meta["min"], meta["max"]))
+        if self.batch is None:
+            raise ValueError("batch must be an integer >= 1")
+
+    @classmethod
+    def field_specs(cls) -> dict:
+        return {f.name: {**f.metadata, "default": f.default} for f in fields(cls)}
+
+
+@dataclass
+class GenerateRequest:
+    """One comparison: a prompt, the methods to run with the same seed, and each method's inputs."""
+
+    prompt: str
+    methods: tuple = ("perp-neg",)
+    perp_neg: PerpNegSettings = field(default_factory=PerpNegSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    negtome: NegToMeSettings | None = None  # None: the model's preset (the bundled model: tuned on ShapeWorld)
+    negtome_overrides: dict = field(default_factory=dict)  # NegToMeSettings fields replaced in the settings or preset
+    reference_image: Any = None  # PIL image or path (negtome-reference)
+    reference_mask: Any = None  # PIL image or path, white = the region to avoid
+    reneg: str | None = None  # .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)
+    lora: str | None = None  # LoRA folder or file (nft-lora; default: the bundled model's, when it exists)
+    lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0, "max": 2.0, "step": 0.05})
+    with_negatives: bool = False  # also apply the Perp-Neg negatives in the COMPOSABLE methods
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.perp_neg, PerpNegSettings) or not isinstance(self.sampling, SamplingSettings):
+            raise TypeError("perp_neg must be a PerpNegSettings and sampling a SamplingSettings")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("the prompt is empty: give a text such as 'a red shape'")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        self.methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods or ())
+        if not self.methods:
+            raise ValueError(f"choose at least one method of {list(METHODS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; choose from {list(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {list(self.methods)} repeat a method; give each once")
+        if len(self.perp_neg.negatives) > MAX_NEGATIVES:
+            raise ValueError(f"{len(self.perp_neg.negatives)} negatives; the limit is {MAX_NEGATIVES}")
+        for i, text in enumerate(self.perp_neg.negatives):
+            if not text.strip() or len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"negative {i + 1} is empty or longer than {MAX_PROMPT_CHARS} characters")
+        try:
+            NegToMeSettings(**self.negtome_overrides)  # check the values before any compute
+        except TypeError as error:
+            raise ValueError(one_line(error)) from None
+        spec = self.field_specs()["lora_scale"]
+        self.lora_scale = _range(self.lora_scale, "lora_scale", float, spec["min"], spec["max"])
+        needs = [m for m in self.methods if m in USES_NEGATIVES] + (
+            [m for m in self.methods if m in COMPOSABLE] if self.with_negatives else []
+        )
+        if needs and not self.perp_neg.negatives:
+            raise ValueError(f"{needs[0]} needs at least one negative prompt (e.g. --negative 'a red circle')")
+        if "negtome" in self.methods and self.sampling.batch < 2:
+            raise ValueError("negtome (batch diversity) pushes the images of a batch apart: use a batch of 2 or more")
+        if "negtome-reference" in self.methods and self.reference_image is None:
+            raise ValueError("negtome-reference needs a reference image (--reference IMAGE, or upload one)")
+
+    @classmethod
+    def field_specs(cls) -> dict:
+        return {f.name: {**f.metadata, "default": f.default} for f in fields(cls) if f.metadata}
+
+
+@dataclass
+class MethodResult:
+    method: str
+    images: list  # PIL images
+    readings: list | None  # the ShapeWorld judge's reading of each image (bundled model only)
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def is_bundled(model: str | None) -> bool:
+    """The bundled ShapeWorld SD3 model, the default (its NegToMe presets and DiffusionNFT LoRA apply)."""
+    return shapeworld_model(model) == "sd3"
+
+
+def shapeworld_model(model: str | None) -> str | None:
+    """ "sd3" for the default (bundled SD3) model, "sd" for the bundled SD (UNet) model, else None."""
+    from negguide.shapeworld.assets import DEFAULT_MODEL
+
+    if model is None:
+        return "sd3"
+    sd_model = os.path.join(os.path.dirname(DEFAULT_MODEL), "sd")
+    for name, folder in (("sd3", DEFAULT_MODEL), ("sd", sd_model)):
+        if os.path.isdir(model) and os.path.isdir(folder) and os.path.samefile(model, folder):
+            return name
+    return None
+
+
+def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "float32"):
+    """A PerpNegPipeline for a local diffusers folder or a hub id (default: the bundled ShapeWorld model)."""
+    import torch
+
+    from negguide.shapeworld.bench import load_bench_pipeline
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype = {dtype!r}: use float32, float16 or bfloat16")
+    if is_bundled(model):
+        pipe = load_bench_pipeline(model)
+    else:
+        from negguide.perpneg.pipeline import PerpNegPipeline
+
+        if not os.path.isdir(model) and not is_hub_id(model):
+            raise ValueError(f"--model {model!r} is neither a diffusers folder nor a hub id (owner/name)")
+        try:
+            with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases need it
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = PerpNegPipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"cannot load model {model!r}: {one_line(error, 250)}") from None
+        pipe.set_progress_bar_config(disable=True)
+    pipe.negguide_bundled = is_bundled(model)
+    pipe.negguide_shapeworld = shapeworld_model(model)  # which bundled model, if any (its own ReNeg embedding)
+    pipe = pipe.to(device)
+    return pipe if pipe.dtype == getattr(torch, dtype) else pipe.to(dtype=getattr(torch, dtype))
+
+
+def model_defaults(pipe) -> dict:
+    """Defaults and limits of a loaded pipeline: size (and its step and maximum), steps, CFG scale, extra kwargs."""
+    from negguide.core.families import call_defaults, get_adapter
+    from negguide.shapeworld.bench import BenchSettings
+
+    inner = pipe.family_pipeline()
+    adapter = get_adapter(pipe.family)
+    denoiser = getattr(pipe, adapter.denoiser_attr)
+    scale = inner.vae_scale_factor
+    size = (getattr(inner, "default_sample_size", None) or denoiser.config.sample_size) * scale
+    step = scale * (2 if pipe.family in ("sd3", "flux") else 1)
+    size_max = SamplingSettings.field_specs()["height"]["max"]
+    if pipe.family == "sd3" and denoiser.config.get("pos_embed_max_size"):
+        size_max = min(size_max, denoiser.config.pos_embed_max_size * denoiser.config.patch_size * scale)
+    defaults = call_defaults(inner)
+    out = dict(
+        size=size,
+        size_step=step,
+        size_max=size_max,
+        steps=defaults.get("num_inference_steps", 30),
+        guidance_scale=defaults.get(adapter.scale_argument, 5.0),
+        scale_argument=adapter.scale_argument,
+        extra={},
+        bundled=bool(getattr(pipe, "negguide_bundled", False)),
+    )
+    if out["bundled"]:
+        bench = BenchSettings()
+        out.update(steps=bench.steps, guidance_scale=bench.guidance_scale, extra=dict(bench.extra))
+    return out
+
+
+def negtome_preset(pipe, method: str) -> NegToMeSettings:
+    """The NegToMe settings a method uses when none are given: tuned ones on the bundled model, else the defaults."""
+    if getattr(pipe, "negguide_bundled", False):
+        from negguide.shapeworld.bench_negtome import DIVERSITY_SETTINGS, REFERENCE_SETTINGS
+
+        return replace(REFERENCE_SETTINGS if method == "negtome-reference" else DIVERSITY_SETTINGS)
+    return NegToMeSettings()
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
+    """(pipeline kwargs, context manager) of one method."""
+    pn = request.perp_neg
+    negatives = dict(negatives=pn.negatives, negative_weights=pn.negative_weights, negative_windows=pn.negative_windows)
+    kwargs: dict = {}
+    if method == "plain":
+        return dict(negatives, guidance_mode="plain"), contextlib.nullcontext()
+    if method == "perp-neg":
+        return dict(
+            negatives, positives=pn.positives, positive_weights=pn.positive_weights, perp_neg_eps=pn.eps
+        ), contextlib.nullcontext()
+    if method in COMPOSABLE and request.with_negatives:
+        kwargs.update(negatives)
+    context = contextlib.nullcontext()
+    if method in ("negtome", "negtome-reference"):
+        settings = request.negtome if request.negtome is not None else negtome_preset(pipe, method)
+        kwargs["negtome"] = replace(settings, **request.negtome_overrides)
+    if method == "negtome-reference":
+        kwargs["negtome_reference_images"] = [open_image(request.reference_image, "RGB", size, "reference image")]
+        if request.reference_mask is not None:
+            mask = open_image(request.reference_mask, "L", size, "reference mask")
+            prepare_masks([mask], 1, (size[1], size[0]))  # an empty mask is refused here, before any compute
+            kwargs["negtome_reference_masks"] = [mask]
+    elif method == "reneg":
+        kwargs.update(reneg_kwargs(pipe, request.reneg))
+    elif method == "nft-lora":
+        path = lora_path(pipe, request.lora)
+        lora_target(pipe, path)
+        context = lora_weights(pipe, path, request.lora_scale)
+    return kwargs, context
+
+
+def check_request(pipe, request: GenerateRequest, d: dict | None = None) -> tuple:
+    """Validate what depends on the model (size) before any compute; return (height, width, steps, scale)."""
+    d = d or model_defaults(pipe)
+    s = request.sampling
+    height, width = s.height or d["size"], s.width or d["size"]
+    for name, value in (("height", height), ("width", width)):
+        if value % d["size_step"] or value > d["size_max"]:
+            raise ValueError(f"{name} = {value}: this model takes multiples of {d['size_step']} up to {d['size_max']}")
+    return height, width, s.steps or d["steps"], d["guidance_scale"] if s.guidance_scale is None else s.guidance_scale
+
+
+@dataclass
+class PreparedRun:
+    """A request checked against a model: sizes, steps, scale and each method's call, before any compute."""
+
+    defaults: dict
+    height: int
+    width: int
+    steps: int
+    scale: float
+    calls: list
+
+
+def prepare(pipe, request: GenerateRequest) -> PreparedRun:
+    """Check everything ``request`` reads (sizes, files, embeddings, LoRAs) against ``pipe``; ValueError if bad."""
+    defaults = model_defaults(pipe)
+    height, width, steps, scale = check_request(pipe, request, defaults)
+    calls = [(m, *_method_call(pipe, m, request, (width, height))) for m in request.methods]  # all checked first
+    return PreparedRun(defaults, height, width, steps, scale, calls)
+
+
+def run(
+    pipe,
+    request: GenerateRequest,
+    progress: Callable[[float, str], None] | None = None,
+    prepared: PreparedRun | None = None,
+) -> list[MethodResult]:
+    """Every method of ``request`` with the same seed (the same initial noise); the judge reads the bundled model's
+    images. ``progress(fraction, text)`` is called after every denoising step. ``prepared``: :func:`prepare`'s
+    result when the caller checked the request already."""
+    import torch
+
+    p = prepared or prepare(pipe, request)
+    defaults, height, width, steps, scale, calls = p.defaults, p.height, p.width, p.steps, p.scale, p.calls
+    results = []
+    for index, (method, kwargs, context) in enumerate(calls):
+
+        def on_step(_pipe, step, _timestep, tensors, index=index, method=method):
+            if progress is not None:
+                progress((index + (step + 1) / steps) / len(calls), f"{method}: step {step + 1}/{steps}")
+            return tensors
+
+        start = time.perf_counter()
+        call = {**defaults["extra"], **kwargs}
+        with context:
+            output = pipe(
+                request.prompt,
+                num_inference_steps=steps,
+                height=height,
+                width=width,
+                num_images_per_prompt=request.sampling.batch,
+                **{defaults["scale_argument"]: scale},
+                generator=torch.Generator("cpu").manual_seed(request.sampling.seed),
+                callback_on_step_end=on_step,
+                output_type="pil",
+                **call,
+            )
+        images = list(output.images)
+        readings = None
+        if defaults["bundled"]:
+            from negguide.shapeworld.bench import judge_reading
+
+            readings = [judge_reading(np.asarray(img.convert("RGB"))) for img in images]
+        results.append(MethodResult(method, images, readings, time.perf_counter() - start))
+    return results
+
+
+def grid_image(results: list[MethodResult], title: str = "", min_tile: int = 128):
+    """One row per method, the images side by side (scaled up, pixel-exact), the judge's reading under each."""
+    from PIL import Image, ImageDraw
+
+    w, h = results[0].images[0].size
+    zoom = max(1, min_tile // max(w, h))
+    tw, th = w * zoom, h * zoom
+    label_w, head, foot = 130, 22 if title else 4, 16 if results[0].readings else 2
+    columns = max(len(r.images) for r in results)
+    canvas = Image.new("RGB", (label_w + columns * (tw + 4), head + len(results) * (th + foot + 4)), (236, 236, 236))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 4), title[:200], fill="black")
+    for r, result in enumerate(results):
+        y = head + r * (th + foot + 4)
+        draw.multiline_text((4, y + 4), f"{result.method}\n{result.seconds:.1f} s", fill="black")
+        for c, img in enumerate(result.images):
+            x = label_w + c * (tw + 4)
+            canvas.paste(img.convert("RGB").resize((tw, th), Image.NEAREST), (x, y))
+            if result.readings:
+                draw.text((x + 2, y + th + 2), result.readings[c], fill=(70, 70, 70))
+    return canvas
+
+
+def describe(request: GenerateRequest) -> str:
+    negatives = ", ".join(f"{t} ({w:g})" for t, w in zip(request.perp_neg.negatives, request.perp_neg.negative_weights))
+    return f"{request.prompt}" + (f"  minus  {negatives}" if negatives else "") + f"  seed {request.sampling.seed}"
+
+
+def save(results: list[MethodResult], folder: str, title: str = "") -> list[str]:
+    """Every image as <method>_<i>.png and the comparison as grid.png; returns the paths (grid last)."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for result in results:
+        for i, image in enumerate(result.images):
+            paths.append(os.path.join(folder, f"{result.method}_{i}.png"))
+            image.save(paths[-1])
+    paths.append(os.path.join(folder, "grid.png"))
+    grid_image(results, title).save(paths[-1])
+    return paths

@@ -1,0 +1,191 @@
+"""``negguide train-reneg``: learn a negative embedding for a model and a reward.
+
+examples:
+  # the bundled ShapeWorld model and reward, ShapeWorld training captions
+  negguide train-reneg --out runs/reneg --reward shapeworld-log --init-text "a shape and a shape" --steps 600 \\
+      --batch-size 32 --lr 1e-2 --warmup-steps 20 --checkpoint-every 25
+  # the bundled embedding's command: two classifiers, the bundled one and one trained with
+  # `python -m experiments.shapeworld_reward.train --out runs/reward-seed1 --seed 1 --steps 1000`
+  negguide train-reneg --out runs/reneg --reward shapeworld-log@0.5 --reward shapeworld-log=runs/reward-seed1@0.5 \\
+      --init-text "a shape and a shape" --steps 600 --batch-size 32 --lr 1e-2 --warmup-steps 20 --checkpoint-every 25
+  # continue training a saved embedding (yours, or a published .bin converted with NegativeEmbedding.from_bin)
+  negguide train-reneg --init-embedding assets/shapeworld/reneg/negative_embedding.safetensors --out runs/more \\
+      --reward shapeworld-log --steps 300 --batch-size 64 --lr 3e-3
+  # your checkpoint, prompts from a file, CLIP score from a local folder, two processes (GPUs, or gloo on a CPU)
+  accelerate launch --multi_gpu --num_processes 2 -m negguide.cli train-reneg --model ./sd15 --prompts-file prompts.txt \\
+      --reward clip=./clip-vit-large --out runs/sd15-reneg --guidance-scale 7.5 --num-inference-steps 30 --late-steps 10
+  # several rewards with weights
+  negguide train-reneg --reward shapeworld@1.0 --reward clip=./clip@0.1 --out runs/mix
+
+  # ReNeg's per-sample variant: the bundled global embedding tuned for each prompt (at most 10 steps each)
+  negguide train-reneg --per-sample-from assets/shapeworld/reneg/negative_embedding.safetensors \
+      --prompts "a red circle above a blue square" "a green triangle and a yellow circle" --out runs/per-sample \
+      --lr 3e-2 --late-steps 20
+
+A run resumes from OUT/checkpoint when it exists; it writes OUT/negative_embedding.safetensors and
+OUT/reward_curve.png. Use the result with NegativeEmbedding.load(path, pipe).negative_kwargs(). A per-sample run
+writes OUT/per_sample/ (one file per prompt and prompts.json; it resumes prompt by prompt): load it with
+negguide.reneg.load_per_sample(folder, pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+
+from negguide.cli.errors import ArgumentParser, UsageError, user_input
+from negguide.cli.flags import add_training_inputs, ranged, read_training_prompts
+from negguide.reneg.per_sample import SELECTIONS
+from negguide.reneg.trainer import ReNegConfig
+from negguide.rewards.registry import build_reward
+
+PER_SAMPLE_STEPS = 10  # the paper's per-sample budget
+FLAGS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "guidance_scale",
+    "num_inference_steps",
+    "late_steps",
+    "gradient_accumulation_steps",
+    "checkpoint_every",
+    "seed",
+)
+
+
+def main(argv=None) -> None:
+    parser = ArgumentParser(
+        prog="negguide train-reneg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_training_inputs(parser, "output folder (checkpoints, embedding, reward curve)")
+    parser.add_argument(
+        "--reward",
+        action="append",
+        help="shapeworld (judged probability) | shapeworld-log (its log), either =FOLDER for other "
+        "classifier weights | clip=PATH | pickscore=PATH, optional @WEIGHT (repeatable)",
+    )
+    parser.add_argument("--init-text", default="", help="initialise from this text's embedding (default: empty text)")
+    parser.add_argument(
+        "--init-embedding",
+        default=None,
+        metavar="FILE.safetensors",
+        help="initialise from a saved embedding instead (continue training yours, or a published one "
+        "converted with NegativeEmbedding.from_bin); checked against the model before training",
+    )
+    parser.add_argument(
+        "--max-sequence-length",
+        type=ranged(int, 0, 512, "--max-sequence-length"),
+        default=None,
+        help="T5 tokens for SD3/Flux (the bundled model: 0)",
+    )
+    parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
+    parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--per-sample-from",
+        default=None,
+        metavar="GLOBAL.safetensors",
+        help="per-sample variant: tune this global embedding for each prompt instead of training one",
+    )
+    parser.add_argument(
+        "--patience",
+        type=ranged(int, 1, 100, "--patience"),
+        default=None,
+        help="per-sample: stop after this many steps without a better reward (default 3)",
+    )
+    parser.add_argument(
+        "--selection",
+        choices=SELECTIONS,
+        default=None,
+        help="per-sample: score steps by complete samples (final, default) or the one-step objective",
+    )
+    parser.add_argument(
+        "--confirm-samples",
+        type=ranged(int, 0, 1024, "--confirm-samples"),
+        default=None,
+        help="per-sample: keep a tuned embedding only if it also wins on this many fresh samples (default 0: off)",
+    )
+    specs = {f.name: f for f in fields(ReNegConfig)}
+    for name in FLAGS:
+        meta, default = specs[name].metadata, specs[name].default
+        kind = int if isinstance(default, int) else float
+        low, high = meta.get("min", -(2**63)), meta.get("max", 2**63)
+        shown = f"{default}; {PER_SAMPLE_STEPS} with --per-sample-from" if name == "steps" else default
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=ranged(kind, low, high, "--" + name.replace("_", "-")),
+            default=None if name == "steps" else default,
+            help=f"{meta.get('help', '')} (default {shown})",
+        )
+    args = parser.parse_args(argv)
+    per_sample_options = {
+        f: getattr(args, f) for f in ("patience", "selection", "confirm_samples") if getattr(args, f) is not None
+    }
+    if per_sample_options and not args.per_sample_from:
+        parser.error(
+            f"--{next(iter(per_sample_options)).replace('_', '-')} is for the per-sample variant: add "
+            "--per-sample-from GLOBAL"
+        )
+    if args.init_embedding and (args.init_text or args.per_sample_from):
+        parser.error(
+            f"--init-embedding starts the global embedding from a file; drop "
+            f"{'--init-text' if args.init_text else '--per-sample-from'} (per-sample tuning starts from "
+            "--per-sample-from itself)"
+        )
+    if args.init_embedding and not os.path.isfile(args.init_embedding):
+        parser.error(f"--init-embedding {args.init_embedding!r} is not a file; pass a .safetensors embedding")
+    if args.steps is None:
+        args.steps = PER_SAMPLE_STEPS if args.per_sample_from else specs["steps"].default
+
+    from negguide.core.training_io import first_last_means
+    from negguide.reneg.embedding import NegativeEmbedding
+    from negguide.reneg.per_sample import fit_per_sample
+    from negguide.reneg.trainer import ReNegTrainer
+    from negguide.shapeworld.assets import DEFAULT_MODEL
+
+    prompts = read_training_prompts(args)
+    sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
+    pipeline_kwargs = {} if sequence is None else {"max_sequence_length": sequence}
+    model = args.model or DEFAULT_MODEL
+    if args.model is not None and not os.path.exists(args.model) and "/" not in args.model:
+        raise UsageError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
+    with user_input():  # everything the flags name is checked before any training step
+        config = ReNegConfig(
+            prompts=prompts,
+            init_text=args.init_text,
+            height=args.height,
+            width=args.width,
+            gradient_checkpointing=args.gradient_checkpointing,
+            output_dir=args.out,
+            pipeline_kwargs=pipeline_kwargs,
+            **{n: getattr(args, n) for n in FLAGS},
+        )
+        reward = build_reward(args.reward)
+        from negguide.perpneg.pipeline import PerpNegPipeline
+
+        pipe = PerpNegPipeline.from_pretrained(model)
+        start = NegativeEmbedding.load(args.per_sample_from, pipe) if args.per_sample_from else None
+        init = None
+        if args.init_embedding:
+            init = NegativeEmbedding.load(args.init_embedding, pipe)  # names the mismatch for another model
+            init.metadata["init_embedding"] = os.path.basename(args.init_embedding)
+        trainer = None if args.per_sample_from else ReNegTrainer(pipe, reward, config, init=init)
+    if args.per_sample_from:
+        folder = os.path.join(args.out, "per_sample")
+        tuned = fit_per_sample(
+            pipe, reward, start, config, folder, **per_sample_options
+        )  # flags not given: per_sample_embedding's defaults
+        print(f"wrote {len(tuned)} per-sample embeddings to {folder} (load: negguide.reneg.load_per_sample)")
+        return
+    embedding = trainer.train()
+    embedding.metadata["base_model"] = model if args.model else "negguide ShapeWorld (assets/shapeworld/sd3)"
+    if trainer.accelerator.is_main_process:
+        path = embedding.save(os.path.join(args.out, "negative_embedding.safetensors"))
+        first, last, n = first_last_means(trainer.history, "reward")
+        print(
+            f"wrote {path} and {os.path.join(args.out, 'reward_curve.png')} "
+            f"(reward, mean of the first / last {n} steps: {first:.3f} -> {last:.3f})"
+        )
