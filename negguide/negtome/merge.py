@@ -100,7 +100,8 @@ def negative_merge(
     legacy_matching: bool = False,
     chunk: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
-    """Push every source token away from its best-matching reference token (METHODS.md section 3)."""
+    """Push every source token away from its best-matching reference token (NegToMe, Singh et al., arXiv 2412.01339):
+    h <- h + alpha * (h - r_match) where cos(h, r_match) > threshold."""
     if legacy_matching:
         best_sim, best_idx = match_tokens_reference_code(sources, references, chunk)
     else:

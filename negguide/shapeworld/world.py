@@ -1,4 +1,4 @@
-"""ShapeWorld: the vocabulary, scene sampler, renderer and captions (METHODS.md section 6).
+"""ShapeWorld: the vocabulary, scene sampler, renderer and captions.
 
 Everything here is pure numpy and deterministic given a ``numpy.random.Generator``.
 

@@ -19,6 +19,8 @@ from negguide.cli import generation as gen  # noqa: E402
 from negguide.cli import main as cli  # noqa: E402
 from negguide.cli.demo import load_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 SMALL = dict(steps=4, size=32, batch=2)
 CAPTION = re.compile(r"^(?P<method>[a-z-]+) #(?P<index>\d+): (?P<reading>.+)$")
 

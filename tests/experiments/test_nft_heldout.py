@@ -12,6 +12,8 @@ import torch
 from experiments.nft_heldout import study as sw
 from negguide.shapeworld import heldout as hw
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 warnings.filterwarnings("ignore")
 TINY_EVAL = dict(seeds=(7,), images_per_prompt=2, steps=2)
 

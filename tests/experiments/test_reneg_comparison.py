@@ -13,6 +13,8 @@ import torch
 from experiments.reneg_comparison.compare import judge_negatives
 from experiments.reneg_comparison.results import gap_table
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 SD_MODEL = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "shapeworld", "sd")
 
 

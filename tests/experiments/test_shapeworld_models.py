@@ -16,6 +16,8 @@ from experiments.shapeworld_models.train_model import (
 )
 from negguide.shapeworld.world import CAPTION_WORDS
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 SMALL = ModelSizes(text_hidden=16, text_projection=8, dit_layers=1, dit_heads=2, dit_head_dim=8, image_size=32)
 
 

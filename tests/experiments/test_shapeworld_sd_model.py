@@ -11,6 +11,8 @@ from experiments.shapeworld_models import checkpoint as ck
 from experiments.shapeworld_models.train_model import main as train_main
 from experiments.shapeworld_models.train_unet import diffusion_target, load_sd_checkpoint, new_pipeline
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 QUICK = ["--family", "sd", "--batch", "2", "--threads", "1", "--max-minutes", "10", "--lr", "1e-3"]
 
 

@@ -28,7 +28,7 @@ def _kwargs(family, **extra):
 
 
 def _check_formula(raw, final, groups: int, rows: int, mode: str, alpha: float, tau: float) -> None:
-    """An independent evaluation of METHODS.md section 3 on one layer's raw output [rows(+refs), N, D].
+    """An independent evaluation of the NegToMe merge (arXiv 2412.01339, Sec. 3) on one layer's raw output [rows(+refs), N, D].
 
     Tiny random models make many tokens near-duplicates (cosines equal to 1e-7), so a token may take any
     reference whose similarity ties with the best within 1e-5; everything else must match exactly.

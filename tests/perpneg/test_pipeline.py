@@ -35,8 +35,8 @@ def reference_perp(a, b, eps=1e-8):
 
 
 def reference_latents(pipe, family, prompt, negatives, weights, scale, kwargs):
-    """The diffusers pipeline with its guidance off and a test hook that evaluates the METHODS.md formula from
-    separate, unbatched forwards of each branch (each prompt encoded on its own)."""
+    """The diffusers pipeline with its guidance off and a test hook that evaluates the Perp-Neg formula
+    (Armandpour et al., arXiv 2304.04968) from separate, unbatched forwards of each branch (each prompt encoded on its own)."""
     adapter = get_adapter(family)
     batch = 1 if isinstance(prompt, str) else len(prompt)
     _, uncond = adapter.encode_pair(pipe, {"prompt": prompt, **kwargs}, batch, 1, torch.device("cpu"))

@@ -3,8 +3,6 @@ its paper claims (overlap scenario: P(red) stays high while P(circle) falls; pla
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from negguide.cli import main as cli_main
@@ -16,6 +14,8 @@ from negguide.shapeworld.bench import (
     run_bench,
     save_grids,
 )
+
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,15 @@ def mean(results, method, metric):
     return results["scenarios"]["overlap"]["methods"][method][metric]["mean"]
 
 
-def test_bundled_model_loads_offline_fast():
-    start = time.perf_counter()
-    load_bench_pipeline()
-    assert time.perf_counter() - start < 20
+def test_bundled_model_loads_with_the_network_closed(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("the network is closed in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    pipe = load_bench_pipeline()  # its load time is a benchmark figure, not an assertion
+    assert pipe.family == "sd3" and pipe.transformer is not None
 
 
 def test_overlap_perp_neg_keeps_red_and_removes_circle(overlap):

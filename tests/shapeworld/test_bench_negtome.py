@@ -11,6 +11,8 @@ import pytest
 
 from negguide.shapeworld.bench import BenchSettings, load_bench_pipeline, run_bench, save_grids
 
+pytestmark = pytest.mark.slow  # runs the bundled ShapeWorld model end to end
+
 
 @pytest.fixture(scope="module")
 def results():
