@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from negguide._lazy import lazy_exports
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "PerpNegPipeline": "negguide.perpneg.pipeline",
