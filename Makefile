@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format bench compare demo clean
+.PHONY: setup test lint format docs docs-serve bench compare demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# the documentation site, built in strict mode (a broken link or reference fails); `make docs-serve` serves it locally
+docs: setup
+	$(BIN)/pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: docs
+	$(BIN)/mkdocs serve
+
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -32,7 +40,7 @@ format: setup
 # writes outputs/compare/grid.png and one PNG per image
 compare: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide generate "a red shape" -n "a red circle" -w 1.5 \
-		--compare none plain perp-neg negtome reneg nft-lora --batch 8 --steps 20 --out outputs/compare
+		--compare none plain perp-neg negtome reneg nft-lora --batch 8 --steps 20 --out outputs/compare --overwrite
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide demo

@@ -11,7 +11,6 @@ page. The model is loaded once; one generation runs at a time (the queue holds a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -21,13 +20,12 @@ import gradio as gr
 
 from negguide.cli import generation as gen
 from negguide.cli import inputs as gen_inputs
-from negguide.cli.errors import ArgumentParser, user_input
-from negguide.cli.flags import ranged
+from negguide.cli.demo import QUEUE_SIZE, build_parser
+from negguide.cli.errors import user_input
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
 ROWS = 3  # negative prompts in the form (the API and CLI take up to gen.MAX_NEGATIVES)
-QUEUE_SIZE = 8
 DISPLAY_PIXELS = 192  # gallery images are scaled up (nearest neighbour, pixel-exact) to at least this size
 HOST = "127.0.0.1"
 BUNDLED_EXAMPLE = dict(
@@ -394,35 +392,12 @@ def serve(
 
 
 def main(argv=None, block: bool = True):
-    parser = ArgumentParser(
-        prog="negguide demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)"
-    )
-    parser.add_argument(
-        "--port",
-        type=ranged(int, 1, 65535, "--port"),
-        default=None,
-        help="port on 127.0.0.1 (default: 7860 or the next free one)",
-    )
-    parser.add_argument("--share", action="store_true", help="also serve a public gradio.live link (off by default)")
-    parser.add_argument(
-        "--queue-size",
-        type=ranged(int, 1, 256, "--queue-size"),
-        default=QUEUE_SIZE,
-        help=f"requests that may wait for the one running (default {QUEUE_SIZE})",
-    )
-    parser.add_argument(
-        "--example",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="generate the filled-in comparison at start, so pages open with results "
-        "(default: on for the bundled model)",
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    args = parser.parse_args(argv)
+    """``negguide demo``'s flags (parsed by :func:`negguide.cli.demo.build_parser`) -> (the page, its URL)."""
+    return launch(build_parser().parse_args(argv), block)
+
+
+def launch(args, block: bool = True):
+    """Load the model, build the page and serve it, from parsed ``negguide demo`` flags."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with user_input():

@@ -1,11 +1,15 @@
 """Helpers the tests share (import them with ``from helpers import ...``): tiny seeded pipelines of all four
-families (built once per session), their call kwargs, a forward counter, and the repository's paths."""
+families (built once per session), their call kwargs, a forward counter, the repository's paths, and a process
+killed in the middle of a checkpoint save."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -94,3 +98,46 @@ def make_assets(folder: str, pipe) -> dict:
             state[f"{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) * 0.3
     StableDiffusion3Pipeline.save_lora_weights(paths["lora"], transformer_lora_layers=state)
     return paths
+
+
+class Killed(BaseException):
+    """A simulated kill of the training process (a BaseException: no ``except Exception`` of the code stops it)."""
+
+
+#: a run of 2 steps with a checkpoint after each, killed once at every point of a checkpoint save, each rerun resuming
+#: where the last kill left it: (the point for :func:`killed_during_save`, the step the rerun resumes at). The kills
+#: hit: step 1's FOLDER.tmp -> FOLDER (nothing saved yet); step 2's FOLDER -> FOLDER.old; step 2's FOLDER.tmp ->
+#: FOLDER (the rerun resumes from FOLDER.old); step 2's deletion of that FOLDER.old (after FOLDER.tmp -> FOLDER)
+KILL_CHAIN = ((1, 0), (2, 1), (2, 1), ("delete-old", 2))
+
+
+@contextlib.contextmanager
+def killed_during_save(point):
+    """Inside the block, the process "dies" (:class:`Killed`) at ``point`` of a checkpoint save: an int n, the n-th
+    call of os.replace / os.rename that moves a FOLDER.tmp or makes a FOLDER.old; or "delete-old", the first
+    deletion of a FOLDER.old."""
+    calls = [0]
+
+    def renaming(real):
+        def rename(src, dst, *args, **kwargs):
+            if str(src).endswith(".tmp") or str(dst).endswith(".old"):
+                calls[0] += 1
+                if calls[0] == point:
+                    raise Killed(f"killed at rename {point}: {src} -> {dst}")
+            return real(src, dst, *args, **kwargs)
+
+        return rename
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if point == "delete-old" and str(path).endswith(".old"):
+            raise Killed(f"killed deleting {path}")
+        return real_rmtree(path, *args, **kwargs)
+
+    with (
+        mock.patch("os.replace", renaming(os.replace)),
+        mock.patch("os.rename", renaming(os.rename)),
+        mock.patch("shutil.rmtree", rmtree),
+    ):
+        yield

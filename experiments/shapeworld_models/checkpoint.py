@@ -1,22 +1,37 @@
-"""Checkpoint I/O for the ShapeWorld trainer: every tensor in safetensors, the rest in JSON, atomic writes.
+"""The bundled-model trainer's checkpoints, written and read by negguide.core.checkpoint.
 
-A checkpoint folder holds ``state.json`` (stage, step, elapsed seconds, settings), ``model.safetensors`` and
-``ema.safetensors`` (keys prefixed by component name) and ``optim.safetensors`` + ``optim.json``.
+A run folder (``--ckpt RUN``) holds ``RUN/checkpoint/`` (swapped atomically at each save: ``model.safetensors`` and
+``ema.safetensors`` keyed ``"{component}.{key}"``, the optimizer, RNG states, a checksum manifest and state.json with
+the stage, step, elapsed seconds, data-mix phases and the run's flags) and ``RUN/evals.jsonl`` (the quick evaluations).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from negguide.core.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
-def _atomic(path: str, write) -> None:
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
+CHECKPOINT = "checkpoint"
+#: the flags a resumed run may change: its budgets and schedules, where it runs and writes, and the data mix (kept as
+#: phases in the state, so every step's batch stays a function of the checkpoint)
+RESUME_MAY_CHANGE = (
+    "out",
+    "ckpt",
+    "max_minutes",
+    "vae_minutes",
+    "ckpt_minutes",
+    "eval_minutes",
+    "threads",
+    "device",
+    "max_steps",
+    "export_only",
+    "two_object_prob",
+    "pair_caption_weights",
+    "resume_with_changed_config",
+)
+OVERRIDE = "--resume-with-changed-config"
 
 
 def prefixed_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -35,66 +50,45 @@ def load_prefixed(modules: dict[str, torch.nn.Module], flat: dict[str, torch.Ten
         mod.load_state_dict({k[len(head) :]: v for k, v in flat.items() if k.startswith(head)}, strict=True)
 
 
-def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, json_meta) of an optimizer's state dict; tensors are keyed ``"{param_index}.{name}"``."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+def run_config(args) -> dict:
+    """The run's flags as a checkpoint records them (``--base`` as an absolute path; None where unused)."""
+    config = dict(vars(args))
+    if config.get("family") == "sd":
+        config["base"] = os.path.abspath(config["base"])
+    else:  # the SD3-layout model ignores them
+        config["base"] = config["prediction"] = None
+    return config
 
 
-def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Load what ``optimizer_to_flat`` wrote back into ``opt``."""
-    state: dict[int, dict] = {}
-    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(folder: str, state: dict, modules: dict, ema: dict, opt) -> None:
-    """Write one checkpoint (``ema`` is a flat name->tensor dict; ``opt`` may be None)."""
-    os.makedirs(folder, exist_ok=True)
-    _atomic(os.path.join(folder, "model.safetensors"), lambda p: save_file(prefixed_state(modules), p))
+def save(run: str, state: dict, modules: dict, ema: dict, opt, args) -> None:
+    """Write RUN/checkpoint: ``state`` (a JSON dict with "step"), the modules' weights, ``ema`` (a flat name -> tensor
+    dict, may be empty), ``opt`` (may be None) and the run's flags."""
+    tensors = {"model": prefixed_state(modules)}
     if ema:
-        flat = {k: v.detach().cpu().contiguous() for k, v in ema.items()}
-        _atomic(os.path.join(folder, "ema.safetensors"), lambda p: save_file(flat, p))
-    if opt is not None:
-        tensors, meta = optimizer_to_flat(opt)
-        _atomic(os.path.join(folder, "optim.safetensors"), lambda p: save_file(tensors, p))
-        _atomic(os.path.join(folder, "optim.json"), lambda p: open(p, "w").write(json.dumps(meta)))
-    # state.json last: it marks the checkpoint complete
-    _atomic(os.path.join(folder, "state.json"), lambda p: open(p, "w").write(json.dumps(state, indent=1)))
+        tensors["ema"] = ema
+    meta = {k: v for k, v in state.items() if k not in ("step", "config_log")}
+    config = run_config(args)
+    save_checkpoint(os.path.join(run, CHECKPOINT), state["step"], config, tensors, opt, meta, state.get("config_log"))
 
 
-def read_state(folder: str) -> dict | None:
-    """The ``state.json`` of a checkpoint folder, or None when there is none."""
-    path = os.path.join(folder, "state.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+def load(run: str, args=None) -> Checkpoint | None:
+    """RUN/checkpoint, verified (and with ``args``, checked against the run's flags); None when the run has none."""
+    if os.path.isfile(os.path.join(run, "state.json")) and not os.path.exists(os.path.join(run, CHECKPOINT)):
+        raise CheckpointError(
+            f"{run!r} holds a checkpoint of the older layout (state.json, no checksums); this trainer keeps its "
+            f"checkpoint in {os.path.join(run, CHECKPOINT)!r}: train into another --ckpt folder"
+        )
+    config = None if args is None else run_config(args)
+    allow = bool(getattr(args, "resume_with_changed_config", False))
+    return load_checkpoint(os.path.join(run, CHECKPOINT), config, RESUME_MAY_CHANGE, allow, OVERRIDE)
 
 
-def load_tensors(folder: str, name: str) -> dict[str, torch.Tensor]:
-    """``{folder}/{name}.safetensors`` as a dict, or {} when missing."""
-    path = os.path.join(folder, name + ".safetensors")
-    return load_file(path) if os.path.exists(path) else {}
+def state_of(ckpt: Checkpoint) -> dict:
+    """The trainer's state dict of a checkpoint: its step, its other state.json entries and its config log."""
+    return {**ckpt.meta, "step": ckpt.step, "config_log": ckpt.config_log}
 
 
-def load_optimizer(folder: str, opt) -> bool:
-    """Restore ``opt`` from the folder; False when the folder has no optimizer state for it."""
-    meta_path = os.path.join(folder, "optim.json")
-    if not os.path.exists(meta_path):
-        return False
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if len(meta["param_groups"][0]["params"]) != sum(len(g["params"]) for g in opt.param_groups):
-        return False
-    optimizer_from_flat(opt, load_tensors(folder, "optim"), meta)
-    return True
+def read_state(run: str) -> dict | None:
+    """The state of RUN's checkpoint (verified), or None when there is none."""
+    ckpt = load(run)
+    return None if ckpt is None else state_of(ckpt)

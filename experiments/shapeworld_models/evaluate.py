@@ -18,7 +18,7 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description="Judge a ShapeWorld model")
     p.add_argument("--model", help="diffusers folder")
-    p.add_argument("--ckpt", help="training checkpoint folder (EMA weights)")
+    p.add_argument("--ckpt", help="training run folder (its checkpoint's EMA weights)")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--steps", type=int, default=20)
@@ -36,8 +36,9 @@ def main(argv=None) -> None:
         from experiments.shapeworld_models.train_model import load_pipeline_from_checkpoint
         from experiments.shapeworld_models.train_unet import load_sd_checkpoint
 
-        sd = (ck.read_state(args.ckpt) or {}).get("stage") == "unet"
-        pipe, state = (load_sd_checkpoint if sd else load_pipeline_from_checkpoint)(args.ckpt)
+        resumed = ck.load(args.ckpt)
+        sd = resumed is not None and resumed.meta.get("stage") == "unet"
+        pipe, state = (load_sd_checkpoint if sd else load_pipeline_from_checkpoint)(args.ckpt, resumed=resumed)
         print("checkpoint step", state["step"])
     kw = {} if args.max_sequence_length is None else {"max_sequence_length": args.max_sequence_length}
     sets = {k: PROMPT_SETS[k] for k in args.sets}

@@ -103,12 +103,13 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def train_vae(pipe, args, state, deadline) -> None:
-    """Stage 1 (resumable): L1 + MSE reconstruction and a tiny KL, until read-back >= 0.995 or the deadline."""
+def train_vae(pipe, args, state, deadline, resumed=None) -> None:
+    """Stage 1 (resumable from the checkpoint ``resumed``): L1 + MSE reconstruction and a tiny KL, until read-back
+    >= 0.995 or the deadline."""
     vae = pipe.vae
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     if state["step"] > 0:
-        ck.load_optimizer(args.ckpt, opt)
+        resumed.load_optimizer(opt)
     vae_deadline = time.time() + max(0.0, args.vae_minutes * 60 - state.get("vae_elapsed", 0.0))
     t_last, t_ckpt = time.time(), time.time()
     while time.time() < min(deadline, vae_deadline) and not STOP:
@@ -135,10 +136,10 @@ def train_vae(pipe, args, state, deadline) -> None:
             if acc >= 0.99:
                 break
         if now - t_ckpt > args.ckpt_minutes * 60:
-            ck.save_checkpoint(args.ckpt, state, {"vae": vae}, {}, opt)
+            ck.save(args.ckpt, state, {"vae": vae}, {}, opt, args)
             t_ckpt = now
     if (STOP or time.time() >= deadline) and time.time() < vae_deadline:
-        ck.save_checkpoint(args.ckpt, state, {"vae": vae}, {}, opt)
+        ck.save(args.ckpt, state, {"vae": vae}, {}, opt, args)
         return
     shift, scale = latent_stats(vae, args.seed, args.size)
     state["vae_readback"] = vae_readback(vae, args.seed, n=512)
@@ -180,14 +181,15 @@ def dit_modules(pipe) -> dict:
     return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
 
 
-def train_dit(pipe, args, state, deadline) -> None:
-    """Stage 2 (resumable): rectified flow on VAE latents, transformer + text encoders, EMA."""
+def train_dit(pipe, args, state, deadline, resumed=None) -> None:
+    """Stage 2 (resumable from the checkpoint ``resumed``): rectified flow on VAE latents, transformer + text
+    encoders, EMA."""
     mods = dit_modules(pipe)
     params = [p for m in mods.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = ck.load_tensors(args.ckpt, "ema") if state["step"] > 0 else {}
+    ema = dict(resumed.group("ema")) if state["step"] > 0 else {}
     if state["step"] > 0:
-        ck.load_optimizer(args.ckpt, opt)
+        resumed.load_optimizer(opt)
     if not ema:
         ema = {k: v.clone().float() for k, v in ck.prefixed_state(mods).items()}
     ema = {k: v.to(args.device) for k, v in ema.items()}
@@ -236,24 +238,26 @@ def train_dit(pipe, args, state, deadline) -> None:
             )
             t_win, losses = now, []
         if now - t_ckpt > args.ckpt_minutes * 60:
-            ck.save_checkpoint(args.ckpt, state, {"vae": vae, **mods}, ema, opt)
+            ck.save(args.ckpt, state, {"vae": vae, **mods}, ema, opt, args)
             t_ckpt = now
         if args.eval_minutes > 0 and now - t_eval > args.eval_minutes * 60:
             quick_eval(args, state)
             t_eval = time.time()
             t_win = t_eval
-    ck.save_checkpoint(args.ckpt, state, {"vae": vae, **mods}, ema, opt)
+    ck.save(args.ckpt, state, {"vae": vae, **mods}, ema, opt, args)
 
 
-def load_pipeline_from_checkpoint(folder: str, use_ema: bool = True):
-    """A StableDiffusion3Pipeline holding the checkpoint's (EMA) weights."""
-    state = ck.read_state(folder)
-    if state is None:
-        raise ValueError(f"no checkpoint in {folder!r}: state.json is missing; train first")
+def load_pipeline_from_checkpoint(run: str, use_ema: bool = True, resumed=None):
+    """(A StableDiffusion3Pipeline holding the (EMA) weights of RUN's checkpoint, or of the checkpoint ``resumed``
+    when given; its state)."""
+    resumed = resumed or ck.load(run)
+    if resumed is None:
+        raise ValueError(f"no checkpoint in {run!r} ({ck.CHECKPOINT}/ is missing); train first")
+    state = ck.state_of(resumed)
     pipe = build_pipeline(ModelSizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["sizes"].items()}))
-    flat = ck.load_tensors(folder, "model")
-    if use_ema:
-        flat.update(ck.load_tensors(folder, "ema"))
+    flat = dict(resumed.group("model"))
+    if use_ema and "ema" in resumed.tensors:
+        flat.update(resumed.group("ema"))
     mods = {"vae": pipe.vae, **dit_modules(pipe)}
     ck.load_prefixed({k: m for k, m in mods.items() if any(key.startswith(k + ".") for key in flat)}, flat)
     if "vae_shift" in state:
@@ -313,6 +317,12 @@ def main(argv=None) -> None:
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon", help="with --family sd")
     p.add_argument("--base", default="assets/shapeworld/sd3", help="with --family sd: the SD3-layout model folder")
     p.add_argument(
+        "--resume-with-changed-config",
+        action="store_true",
+        help="resume --ckpt even when --seed, --batch, --lr, --ema, --size, --family, --prediction or --base differ "
+        "from the run's (recorded in the checkpoint); refused without it",
+    )
+    p.add_argument(
         "--two-object-prob",
         type=ranged(float, 0.0, 1.0, "--two-object-prob"),
         default=None,
@@ -350,26 +360,24 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     deadline = time.time() + args.max_minutes * 60
-    state = ck.read_state(args.ckpt)
+    resumed = ck.load(args.ckpt, args)
     sizes = ModelSizes(image_size=args.size)
-    if state is None:
+    if resumed is None:
         pipe = build_pipeline(sizes, seed=args.seed)
         state = {"stage": "vae", "step": 0, "seed": args.seed, "sizes": ck_sizes(sizes)}
     else:
-        pipe, _ = load_pipeline_from_checkpoint(args.ckpt, use_ema=False)
+        pipe, state = load_pipeline_from_checkpoint(args.ckpt, use_ema=False, resumed=resumed)
+        resumed.restore_rng()
         log(f"resuming {state['stage']} at step {state['step']}")
     pipe.to(args.device)
     set_data_mix(state, args.two_object_prob, args.pair_caption_weights)
     if state["stage"] == "vae":
-        train_vae(pipe, args, state, deadline)
+        train_vae(pipe, args, state, deadline, resumed)
         if state["stage"] == "vae":
             return
-        ck.save_checkpoint(args.ckpt, state, {"vae": pipe.vae, **dit_modules(pipe)}, {}, None)
-        for name in ("optim.safetensors", "optim.json"):
-            if os.path.exists(os.path.join(args.ckpt, name)):
-                os.remove(os.path.join(args.ckpt, name))
+        ck.save(args.ckpt, state, {"vae": pipe.vae, **dit_modules(pipe)}, {}, None, args)
     if state["stage"] == "dit":
-        train_dit(pipe, args, state, deadline)
+        train_dit(pipe, args, state, deadline, resumed)
         if not STOP:
             export(args.ckpt, args.out)
 

@@ -52,17 +52,18 @@ def new_pipeline(args):
     return build_sd_pipeline(args.base, args.prediction, seed=args.seed)
 
 
-def load_sd_checkpoint(folder: str, use_ema: bool = True):
-    """The checkpoint's SD pipeline (EMA UNet by default) and its state."""
+def load_sd_checkpoint(run: str, use_ema: bool = True, resumed=None):
+    """The SD pipeline (EMA UNet by default) of RUN's checkpoint, or of the checkpoint ``resumed``; and its state."""
     from argparse import Namespace
 
-    state = ck.read_state(folder)
+    resumed = resumed or ck.load(run)
+    state = None if resumed is None else ck.state_of(resumed)
     if state is None or state.get("stage") != "unet":
-        raise ValueError(f"no SD-format checkpoint in {folder!r}; train with --family sd first")
+        raise ValueError(f"no SD-format checkpoint in {run!r}; train with --family sd first")
     pipe = new_pipeline(Namespace(base=state["base"], prediction=state["prediction"], seed=state["seed"]))
-    flat = ck.load_tensors(folder, "model")
-    if use_ema:
-        flat.update(ck.load_tensors(folder, "ema"))
+    flat = dict(resumed.group("model"))
+    if use_ema and "ema" in resumed.tensors:
+        flat.update(resumed.group("ema"))
     ck.load_prefixed({"unet": pipe.unet}, flat)
     return pipe, state
 
@@ -72,8 +73,8 @@ def train_unet(args, batch_for_step, log, should_stop) -> dict:
     gives the images and captions; ``should_stop()`` is True after SIGTERM/SIGINT."""
     from experiments.shapeworld_models.train_model import ema_update
 
-    state = ck.read_state(args.ckpt)
-    if state is None:
+    resumed = ck.load(args.ckpt, args)
+    if resumed is None:
         pipe = new_pipeline(args)
         state = {
             "stage": "unet",
@@ -84,15 +85,16 @@ def train_unet(args, batch_for_step, log, should_stop) -> dict:
             "unet_elapsed": 0.0,
         }
     else:
-        pipe, _ = load_sd_checkpoint(args.ckpt, use_ema=False)
+        pipe, state = load_sd_checkpoint(args.ckpt, use_ema=False, resumed=resumed)
+        resumed.restore_rng()
         log(f"resuming unet at step {state['step']}")
     pipe.to(args.device)
     unet, vae, scheduler = pipe.unet, pipe.vae.requires_grad_(False), pipe.scheduler
     pipe.text_encoder.requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = ck.load_tensors(args.ckpt, "ema") if state["step"] > 0 else {}
+    ema = dict(resumed.group("ema")) if state["step"] > 0 else {}
     if state["step"] > 0:
-        ck.load_optimizer(args.ckpt, opt)
+        resumed.load_optimizer(opt)
     if not ema:
         ema = {k: v.detach().clone().float() for k, v in ck.prefixed_state({"unet": unet}).items()}
     ema = {k: v.to(args.device) for k, v in ema.items()}
@@ -128,9 +130,9 @@ def train_unet(args, batch_for_step, log, should_stop) -> dict:
             )
             t_win, losses = now, []
         if now - t_ckpt > args.ckpt_minutes * 60:
-            ck.save_checkpoint(args.ckpt, state, {"unet": unet}, ema, opt)
+            ck.save(args.ckpt, state, {"unet": unet}, ema, opt, args)
             t_ckpt = now
-    ck.save_checkpoint(args.ckpt, state, {"unet": unet}, ema, opt)
+    ck.save(args.ckpt, state, {"unet": unet}, ema, opt, args)
     return state
 
 

@@ -14,8 +14,10 @@ import os
 import time
 
 from negguide.cli.errors import ArgumentParser, user_input
+from negguide.cli.flags import add_setting_flags
 from negguide.shapeworld.bench import (
     METHODS,
+    QUICK,
     SCENARIOS,
     BenchSettings,
     load_bench_pipeline,
@@ -26,22 +28,28 @@ from negguide.shapeworld.bench import (
 )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="negguide bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=None, help="diffusers folder (default: the bundled ShapeWorld model)")
     parser.add_argument("--out", default="outputs/bench", help="folder for results.md, results.json and grids")
-    parser.add_argument("--quick", action="store_true", help="2 seeds of 8 images: the smoke subset")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{len(QUICK['seeds'])} seeds of {QUICK['images_per_seed']} images: the smoke subset",
+    )
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     load_plugins()
     parser.add_argument("--methods", nargs="+", default=None, help=f"default: all registered ({', '.join(METHODS)})")
-    parser.add_argument("--perp-neg-weight", type=float, default=BenchSettings.perp_neg_weight)
-    args = parser.parse_args(argv)
-    if not args.perp_neg_weight >= 0:
-        parser.error(f"--perp-neg-weight must be >= 0, got {args.perp_neg_weight}")
-    quick = {"seeds": (20_000, 20_001), "images_per_seed": 8} if args.quick else {}
-    settings = BenchSettings(perp_neg_weight=args.perp_neg_weight, **quick)
+    add_setting_flags(parser, BenchSettings, ["perp_neg_weight"])
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    with user_input():
+        settings = (BenchSettings.quick if args.quick else BenchSettings)(perp_neg_weight=args.perp_neg_weight)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
     with user_input():

@@ -2,18 +2,65 @@
 
 The app is not part of the installed package (``demos/`` sits next to ``negguide/``, like ``benchmarks/``); this
 launcher loads it by path, so ``negguide demo`` works from an editable install (``pip install -e ".[demo]"``).
+The flags are parsed here, before the app (gradio, torch) loads: ``--help`` and a bad flag answer at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
 
-from negguide.cli.errors import UsageError
+from negguide.cli.errors import ArgumentParser, UsageError
+from negguide.cli.flags import ranged
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demos", "app.py")
 MODULE = "negguide_demo_app"
+QUEUE_SIZE = 8
+DESCRIPTION = """The negguide Gradio demo: a prompt, weighted negatives with windows, and the methods side by side,
+same seed.
+
+    negguide demo                                 # the bundled ShapeWorld model on http://127.0.0.1:7860
+    negguide demo --model ./sd15 --port 7861      # a local diffusers folder (or a hub id)
+    negguide demo --share                         # a public gradio.live link (off by default)
+    python demos/app.py --no-example              # the same, without the example comparison filled in
+
+The model is loaded once; one generation runs at a time (the queue holds at most --queue-size requests).
+Needs gradio: pip install 'negguide[demo]'.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="negguide demo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)"
+    )
+    parser.add_argument(
+        "--port",
+        type=ranged(int, 1, 65535, "--port"),
+        default=None,
+        help="port on 127.0.0.1 (default: 7860 or the next free one)",
+    )
+    parser.add_argument("--share", action="store_true", help="also serve a public gradio.live link (off by default)")
+    parser.add_argument(
+        "--queue-size",
+        type=ranged(int, 1, 256, "--queue-size"),
+        default=QUEUE_SIZE,
+        help=f"requests that may wait for the one running (default {QUEUE_SIZE})",
+    )
+    parser.add_argument(
+        "--example",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="generate the filled-in comparison at start, so pages open with results "
+        "(default: on for the bundled model)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    return parser
 
 
 def load_app():
@@ -42,7 +89,8 @@ def load_app():
 
 
 def main(argv=None) -> None:
-    load_app().main(argv)
+    args = build_parser().parse_args(argv)  # before gradio and the model load
+    load_app().launch(args)
 
 
 if __name__ == "__main__":

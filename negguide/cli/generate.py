@@ -25,7 +25,7 @@ import os
 import time
 
 from negguide.cli.errors import ArgumentParser, UsageError, user_input
-from negguide.cli.flags import ranged
+from negguide.cli.flags import add_setting_flags
 from negguide.cli.generation import (
     COMPOSABLE,
     MAX_NEGATIVES,
@@ -37,24 +37,12 @@ from negguide.cli.generation import (
     is_hub_id,
     load_pipeline,
     prepare,
+    prepare_output,
     run,
     save,
 )
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
-
-
-def _flag(parser, name: str, spec: dict, kind: type, default=None, help=None, alias: tuple = (), **extra):
-    """A flag whose range (and help) comes from a settings dataclass field's metadata."""
-    low, high = spec["min"], spec["max"]
-    parser.add_argument(
-        name,
-        *alias,
-        type=ranged(kind, low, high, name),
-        default=default,
-        help=f"{help or spec.get('help', '')} [{low}, {high}]",
-        **extra,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,54 +62,59 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"several methods side by side, same seed: {', '.join(METHODS)}",
     )
     p.add_argument("--model", default=None, help="diffusers folder or hub id (default: the bundled ShapeWorld model)")
-    p.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate)")
+    p.add_argument("--out", default="outputs/generate", help="output folder (default outputs/generate); must be empty")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the images an earlier run wrote in --out (others are kept)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    sampling = SamplingSettings.field_specs()
-    for name, spec in sampling.items():
-        default = "the model's" if spec["default"] is None else spec["default"]
-        _flag(
-            p,
-            "--" + name.replace("_", "-"),
-            spec,
-            float if name == "guidance_scale" else int,
-            default=spec["default"],
-            help=f"{spec['help']} (default {default})",
-        )
-    _flag(p, "--size", sampling["height"], int, help="height and width in pixels")
-    pn = PerpNegSettings.field_specs()
+    model_default = {"shown": "the model's"}
+    add_setting_flags(
+        p,
+        SamplingSettings,
+        list(SamplingSettings.field_specs()),
+        overrides={name: model_default for name in ("steps", "height", "width", "guidance_scale")},
+    )
+    add_setting_flags(
+        p,
+        SamplingSettings,
+        ["height"],
+        overrides={"height": {"flag": "--size", "help": "height and width in pixels", "shown": "the model's"}},
+    )
     g = p.add_argument_group("negatives (plain, perp-neg; with --with-negatives also the other methods)")
     g.add_argument(
         "--negative", "-n", action="append", default=[], help=f"a negative prompt (repeatable, up to {MAX_NEGATIVES})"
     )
-    _flag(
+    pn = PerpNegSettings.field_specs()
+    add_setting_flags(
         g,
-        "--negative-weight",
-        pn["negative_weights"],
-        float,
-        alias=("-w",),
-        action="append",
-        metavar="W",
-        dest="negative_weights",
-        help=f"{pn['negative_weights']['help']}; one for all or one per --negative",
-    )
-    _flag(
-        g,
-        "--negative-window",
-        pn["negative_windows"],
-        float,
-        nargs=2,
-        action="append",
-        dest="negative_windows",
-        metavar=("START", "END"),
-        help=f"{pn['negative_windows']['help']} (default 0 1)",
+        PerpNegSettings,
+        ["negative_weights", "negative_windows"],
+        overrides={
+            "negative_weights": {
+                "flag": "--negative-weight",
+                "aliases": ("-w",),
+                "dest": "negative_weights",
+                "action": "append",
+                "metavar": "W",
+                "default": None,  # the help says 1.0
+                "help": f"{pn['negative_weights']['help']}; one for all or one per --negative",
+            },
+            "negative_windows": {
+                "flag": "--negative-window",
+                "dest": "negative_windows",
+                "action": "append",
+                "metavar": ("START", "END"),
+                "default": None,
+                "shown": "0 1",
+            },
+        },
     )
     g.add_argument(
         "--with-negatives",
         action="store_true",
         help=f"also remove the negatives with Perp-Neg in {', '.join(COMPOSABLE)}",
     )
-    nt = NegToMeSettings.field_specs()
     from negguide.shapeworld.bench_negtome import DIVERSITY_SETTINGS as D
     from negguide.shapeworld.bench_negtome import REFERENCE_SETTINGS as R
 
@@ -133,11 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"negtome-reference: alpha {R.alpha}, threshold {R.threshold}, window {R.window})."
         ),
     )
-    _flag(g, "--negtome-alpha", nt["alpha"], float)
-    _flag(g, "--negtome-threshold", nt["threshold"], float)
-    _flag(g, "--negtome-window", nt["window"], float, nargs=2, metavar=("LOW", "HIGH"))
-    g.add_argument(
-        "--negtome-batch-reference", choices=nt["batch_reference"]["choices"], help=nt["batch_reference"]["help"]
+    unset = {"default": None, "shown": "the preset"}
+    add_setting_flags(
+        g,
+        NegToMeSettings,
+        ["alpha", "threshold", "window", "batch_reference"],
+        prefix="negtome-",
+        overrides={
+            "alpha": unset,
+            "threshold": unset,
+            "window": {**unset, "metavar": ("LOW", "HIGH")},
+            "batch_reference": unset,
+        },
     )
     g.add_argument("--reference", help="reference image for negtome-reference (resized to the output size)")
     g.add_argument("--reference-mask", help="mask of the reference, white = the region to avoid")
@@ -146,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reneg", help="negative embedding .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)"
     )
     g.add_argument("--lora", help="DiffusionNFT LoRA folder or .safetensors file (nft-lora)")
-    lora_scale = GenerateRequest.field_specs()["lora_scale"]
-    _flag(g, "--lora-scale", lora_scale, float, default=lora_scale["default"])
+    add_setting_flags(g, GenerateRequest, ["lora_scale"])
     return p
 
 
@@ -200,6 +199,7 @@ def main(argv=None) -> None:
         if path and not os.path.exists(path) and not (name == "--lora" and is_hub_id(path)):
             raise UsageError(f"{name} {path!r} does not exist")
     with user_input():
+        prepare_output(args.out, args.overwrite)  # before loading anything
         pipe = load_pipeline(args.model, args.device, args.dtype)
         prepared = prepare(pipe, request)
     start = time.perf_counter()

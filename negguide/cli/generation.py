@@ -4,17 +4,18 @@ methods with the same seed, judged on the bundled ShapeWorld model. The command 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from negguide.cli.inputs import is_hub_id, lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
-from negguide.negtome.reference import prepare_masks
+from negguide.core.settings import Settings, setting, validate
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
@@ -33,84 +34,45 @@ MAX_PROMPT_CHARS = 300
 MAX_NEGATIVES = 8
 
 
-def _range(value, name: str, kind: type, low, high):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and int(value) != value):
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if not (low <= value <= high):
-        raise ValueError(f"{name} = {value} is outside [{low}, {high}]")
-    return kind(value)
-
-
 @dataclass
-class SamplingSettings:
+class SamplingSettings(Settings):
     """What every method shares: seed, steps, size, batch and CFG scale (``None`` = the model's default)."""
 
-    seed: int = field(
-        default=0,
-        metadata={
-            "help": "seed of the initial noise, the same for every method",
-            "min": 0,
-            "max": 2**32 - 1,
-            "step": 1,
-        },
-    )
-    steps: int | None = field(default=None, metadata={"help": "denoising steps", "min": 1, "max": 150, "step": 1})
-    height: int | None = field(
-        default=None, metadata={"help": "image height in pixels", "min": 16, "max": 2048, "step": 8}
-    )
-    width: int | None = field(
-        default=None, metadata={"help": "image width in pixels", "min": 16, "max": 2048, "step": 8}
-    )
-    batch: int = field(default=4, metadata={"help": "images per method", "min": 1, "max": 16, "step": 1})
-    guidance_scale: float | None = field(
-        default=None, metadata={"help": "classifier-free guidance scale", "min": 0.0, "max": 30.0, "step": 0.5}
-    )
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            meta = f.metadata
-            kind = float if f.name == "guidance_scale" else int
-            setattr(self, f.name, _range(getattr(self, f.name), f.name, kind, meta["min"], meta["max"]))
-        if self.batch is None:
-            raise ValueError("batch must be an integer >= 1")
-
-    @classmethod
-    def field_specs(cls) -> dict:
-        return {f.name: {**f.metadata, "default": f.default} for f in fields(cls)}
+    seed: int = setting(0, "seed of the initial noise, the same for every method", min=0, max=2**32 - 1, step=1)
+    steps: int | None = setting(None, "denoising steps", min=1, max=150, step=1)
+    height: int | None = setting(None, "image height in pixels", min=16, max=2048, step=8)
+    width: int | None = setting(None, "image width in pixels", min=16, max=2048, step=8)
+    batch: int = setting(4, "images per method", min=1, max=16, step=1)
+    guidance_scale: float | None = setting(None, "classifier-free guidance scale", min=0.0, max=30.0, step=0.5)
 
 
 @dataclass
-class GenerateRequest:
+class GenerateRequest(Settings):
     """One comparison: a prompt, the methods to run with the same seed, and each method's inputs."""
 
-    prompt: str
-    methods: tuple = ("perp-neg",)
-    perp_neg: PerpNegSettings = field(default_factory=PerpNegSettings)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    prompt: str = setting(help="the prompt")
+    methods: tuple[str, ...] = setting(("perp-neg",), "the methods, run with the same seed", choices=tuple(METHODS))
+    perp_neg: PerpNegSettings = setting(default_factory=PerpNegSettings, help="the negatives and their weights")
+    sampling: SamplingSettings = setting(default_factory=SamplingSettings, help="seed, steps, size, batch, scale")
     negtome: NegToMeSettings | None = None  # None: the model's preset (the bundled model: tuned on ShapeWorld)
-    negtome_overrides: dict = field(default_factory=dict)  # NegToMeSettings fields replaced in the settings or preset
+    negtome_overrides: dict = setting({}, "NegToMeSettings fields replaced in the settings or preset")
     reference_image: Any = None  # PIL image or path (negtome-reference)
     reference_mask: Any = None  # PIL image or path, white = the region to avoid
     reneg: str | None = None  # .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)
     lora: str | None = None  # LoRA folder or file (nft-lora; default: the bundled model's, when it exists)
-    lora_scale: float = field(default=1.0, metadata={"help": "LoRA strength", "min": 0.0, "max": 2.0, "step": 0.05})
-    with_negatives: bool = False  # also apply the Perp-Neg negatives in the COMPOSABLE methods
+    lora_scale: float = setting(1.0, "LoRA strength", min=0.0, max=2.0, step=0.05)
+    with_negatives: bool = setting(False, "also apply the Perp-Neg negatives in the COMPOSABLE methods")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.perp_neg, PerpNegSettings) or not isinstance(self.sampling, SamplingSettings):
-            raise TypeError("perp_neg must be a PerpNegSettings and sampling a SamplingSettings")
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        if isinstance(self.methods, str) or self.methods is None:
+            self.methods = () if self.methods is None else (self.methods,)
+        validate(self)
+        if not self.prompt.strip():
             raise ValueError("the prompt is empty: give a text such as 'a red shape'")
         if len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"the prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-        self.methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods or ())
         if not self.methods:
             raise ValueError(f"choose at least one method of {list(METHODS)}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; choose from {list(METHODS)}")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods {list(self.methods)} repeat a method; give each once")
         if len(self.perp_neg.negatives) > MAX_NEGATIVES:
@@ -122,8 +84,6 @@ class GenerateRequest:
             NegToMeSettings(**self.negtome_overrides)  # check the values before any compute
         except TypeError as error:
             raise ValueError(one_line(error)) from None
-        spec = self.field_specs()["lora_scale"]
-        self.lora_scale = _range(self.lora_scale, "lora_scale", float, spec["min"], spec["max"])
         needs = [m for m in self.methods if m in USES_NEGATIVES] + (
             [m for m in self.methods if m in COMPOSABLE] if self.with_negatives else []
         )
@@ -133,10 +93,6 @@ class GenerateRequest:
             raise ValueError("negtome (batch diversity) pushes the images of a batch apart: use a batch of 2 or more")
         if "negtome-reference" in self.methods and self.reference_image is None:
             raise ValueError("negtome-reference needs a reference image (--reference IMAGE, or upload one)")
-
-    @classmethod
-    def field_specs(cls) -> dict:
-        return {f.name: {**f.metadata, "default": f.default} for f in fields(cls) if f.metadata}
 
 
 @dataclass
@@ -257,6 +213,8 @@ def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
     if method == "negtome-reference":
         kwargs["negtome_reference_images"] = [open_image(request.reference_image, "RGB", size, "reference image")]
         if request.reference_mask is not None:
+            from negguide.negtome.reference import prepare_masks
+
             mask = open_image(request.reference_mask, "L", size, "reference mask")
             prepare_masks([mask], 1, (size[1], size[0]))  # an empty mask is refused here, before any compute
             kwargs["negtome_reference_masks"] = [mask]
@@ -375,8 +333,42 @@ def describe(request: GenerateRequest) -> str:
     return f"{request.prompt}" + (f"  minus  {negatives}" if negatives else "") + f"  seed {request.sampling.seed}"
 
 
+#: the record of what a run wrote in its output folder, so a later run with overwrite removes exactly those files
+RUN_RECORD = "negguide_generate.json"
+
+
+def prepare_output(folder: str, overwrite: bool = False) -> None:
+    """Check the output folder before any compute: writable, and empty unless ``overwrite``; with ``overwrite`` the
+    files an earlier run wrote there (listed in its RUN_RECORD) are removed, so no stale image stays beside a new
+    grid. Files negguide did not write are never removed."""
+    from negguide.core.training_io import check_writable
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"output folder {folder!r} is a file; choose a folder")
+    present = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if present and not overwrite:
+        raise ValueError(
+            f"output folder {folder!r} is not empty ({len(present)} entries, e.g. {present[0]!r}): choose another "
+            "folder, or overwrite to replace an earlier run's images"
+        )
+    check_writable(folder)
+    record = os.path.join(folder, RUN_RECORD)
+    if overwrite and os.path.isfile(record):
+        try:
+            with open(record) as f:
+                written = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"{record} is damaged; remove the folder's old images by hand") from None
+        for name in written:
+            path = os.path.join(folder, os.path.basename(name))  # never outside the folder
+            if os.path.isfile(path):
+                os.remove(path)
+        os.remove(record)
+
+
 def save(results: list[MethodResult], folder: str, title: str = "") -> list[str]:
-    """Every image as <method>_<i>.png and the comparison as grid.png; returns the paths (grid last)."""
+    """Every image as <method>_<i>.png and the comparison as grid.png, and RUN_RECORD listing them; returns the
+    image paths (grid last)."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for result in results:
@@ -385,4 +377,6 @@ def save(results: list[MethodResult], folder: str, title: str = "") -> list[str]
             image.save(paths[-1])
     paths.append(os.path.join(folder, "grid.png"))
     grid_image(results, title).save(paths[-1])
+    with open(os.path.join(folder, RUN_RECORD), "w") as f:
+        json.dump({"title": title, "files": [os.path.basename(p) for p in paths]}, f, indent=1)
     return paths

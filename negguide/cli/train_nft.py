@@ -23,11 +23,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
 
 from negguide.cli.errors import ArgumentParser, UsageError, user_input
-from negguide.cli.flags import add_training_inputs, is_shapeworld_model, ranged, read_training_prompts
-from negguide.nft.config import LR_SCHEDULES, OBJECTIVES, ROLLOUT_SAMPLERS, NFTConfig
+from negguide.cli.flags import (
+    add_setting_flags,
+    add_training_inputs,
+    is_shapeworld_model,
+    ranged,
+    read_training_prompts,
+)
+from negguide.nft.config import NFTConfig
+
+NOT_FLAGS = ("prompts", "output_dir", "pipeline_kwargs")  # --prompts / --prompts-file, --out; the rest are flags
 
 
 def shapeworld_accuracy(images, prompts):
@@ -39,8 +46,8 @@ def shapeworld_accuracy(images, prompts):
     return torch.as_tensor(prompt_correct(images, list(prompts)), dtype=torch.float32)
 
 
-def _ranged_fields() -> list:
-    return [f for f in fields(NFTConfig) if "min" in f.metadata]
+def _flag_fields() -> list:
+    return [name for name in NFTConfig.field_specs() if name not in NOT_FLAGS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,33 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-step accuracy to log and plot (auto: shapeworld on the bundled model)",
     )
     parser.add_argument(
-        "--lora-targets",
-        default=NFTConfig.lora_targets,
-        help=f"modules to adapt, comma-separated (default {NFTConfig.lora_targets})",
-    )
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    parser.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default="nft",
-        help="nft (DiffusionNFT) | positive-only (baseline: the model's training loss on the samples "
-        "rewarded above their prompt's mean, same rollouts and trainer) | positive-only-x0 (the "
-        "same with NFT's adaptive x0 loss) (default nft)",
-    )
-    parser.add_argument(
-        "--rollout-sampler",
-        choices=ROLLOUT_SAMPLERS,
-        default="default",
-        help="default (the pipeline's scheduler) | stochastic (flow models: Euler re-noising each "
-        "step's x0 prediction: more varied rollouts; evaluation is unchanged) (default default)",
-    )
-    parser.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        default="constant",
-        help="constant (the reference's) | cosine (lr down to 0 at the last step) (default constant)",
-    )
-    parser.add_argument(
         "--heldout-every",
         type=ranged(int, 0, 10**6, "--heldout-every"),
         default=0,
@@ -103,24 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=24,
         help="held-out two-object prompts for --heldout-every, 8 images each (default 24)",
     )
-    parser.add_argument("--no-eval-ema", action="store_true", help="do not keep the evaluation EMA (OUT/lora_ema)")
     parser.add_argument(
-        "--max-sequence-length",
-        type=ranged(int, 0, 512, "--max-sequence-length"),
-        default=None,
-        help="T5 tokens for SD3/Flux (the bundled model: 0)",
+        "--resume-with-changed-config",
+        action="store_true",
+        help="resume OUT/checkpoint even when these settings differ from the ones it was saved with (the "
+        "change is recorded in it); without it such a resume is refused, naming the settings that differ",
     )
-    parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
-    parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
-    for spec in _ranged_fields():
-        meta, default, flag = spec.metadata, spec.default, "--" + spec.name.replace("_", "-")
-        kind = int if isinstance(default, int) else float
-        parser.add_argument(
-            flag,
-            type=ranged(kind, meta["min"], meta["max"], flag),
-            default=default,
-            help=f"{meta['help']} (default {default})",
-        )
+    add_setting_flags(
+        parser,
+        NFTConfig,
+        _flag_fields(),
+        overrides={"max_sequence_length": {"shown": "the model's; 0 on the bundled model"}},
+    )
     return parser
 
 
@@ -145,17 +119,8 @@ def main(argv=None) -> None:
     with user_input():  # everything the flags name is checked before any training step
         config = NFTConfig(
             prompts=prompts,
-            lora_targets=args.lora_targets,
-            mixed_precision=args.mixed_precision,
-            objective=args.objective,
-            lr_schedule=args.lr_schedule,
-            rollout_sampler=args.rollout_sampler,
-            eval_ema=not args.no_eval_ema,
-            height=args.height,
-            width=args.width,
-            max_sequence_length=sequence,
             output_dir=args.out,
-            **{f.name: getattr(args, f.name) for f in _ranged_fields()},
+            **{**{name: getattr(args, name) for name in _flag_fields()}, "max_sequence_length": sequence},
         )
         check_writable(args.out)  # before loading anything
         reward = build_reward(args.reward)
@@ -167,7 +132,9 @@ def main(argv=None) -> None:
             from diffusers import DiffusionPipeline
 
             pipe = DiffusionPipeline.from_pretrained(args.model)
-        trainer = NFTTrainer(pipe, reward, config, accuracy=accuracy)
+        trainer = NFTTrainer(
+            pipe, reward, config, accuracy=accuracy, allow_config_change=args.resume_with_changed_config
+        )
         monitor = None
         if args.heldout_every:
             monitor = HeldoutMonitor(

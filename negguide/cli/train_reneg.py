@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
 
 from negguide.cli.errors import ArgumentParser, UsageError, user_input
-from negguide.cli.flags import add_training_inputs, ranged, read_training_prompts
-from negguide.reneg.per_sample import SELECTIONS
-from negguide.reneg.trainer import ReNegConfig
+from negguide.cli.flags import add_setting_flags, add_training_inputs, ranged, read_training_prompts
+from negguide.reneg.config import SELECTIONS, ReNegConfig
 from negguide.rewards.registry import build_reward
 
 PER_SAMPLE_STEPS = 10  # the paper's per-sample budget
@@ -53,10 +51,13 @@ FLAGS = (
     "gradient_accumulation_steps",
     "checkpoint_every",
     "seed",
+    "height",
+    "width",
+    "gradient_checkpointing",
 )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="negguide train-reneg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,9 +82,6 @@ def main(argv=None) -> None:
         default=None,
         help="T5 tokens for SD3/Flux (the bundled model: 0)",
     )
-    parser.add_argument("--height", type=ranged(int, 8, 4096, "--height"), default=None)
-    parser.add_argument("--width", type=ranged(int, 8, 4096, "--width"), default=None)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument(
         "--per-sample-from",
         default=None,
@@ -108,18 +106,24 @@ def main(argv=None) -> None:
         default=None,
         help="per-sample: keep a tuned embedding only if it also wins on this many fresh samples (default 0: off)",
     )
-    specs = {f.name: f for f in fields(ReNegConfig)}
-    for name in FLAGS:
-        meta, default = specs[name].metadata, specs[name].default
-        kind = int if isinstance(default, int) else float
-        low, high = meta.get("min", -(2**63)), meta.get("max", 2**63)
-        shown = f"{default}; {PER_SAMPLE_STEPS} with --per-sample-from" if name == "steps" else default
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=ranged(kind, low, high, "--" + name.replace("_", "-")),
-            default=None if name == "steps" else default,
-            help=f"{meta.get('help', '')} (default {shown})",
-        )
+    parser.add_argument(
+        "--resume-with-changed-config",
+        action="store_true",
+        help="resume OUT/checkpoint even when these settings differ from the ones it was saved with (the "
+        "change is recorded in it); without it such a resume is refused, naming the settings that differ",
+    )
+    steps = ReNegConfig.field_specs()["steps"]["default"]
+    add_setting_flags(  # --steps: None until parsed, since --per-sample-from changes its default
+        parser,
+        ReNegConfig,
+        FLAGS,
+        overrides={"steps": {"default": None, "shown": f"{steps}; {PER_SAMPLE_STEPS} with --per-sample-from"}},
+    )
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     per_sample_options = {
         f: getattr(args, f) for f in ("patience", "selection", "confirm_samples") if getattr(args, f) is not None
@@ -138,7 +142,7 @@ def main(argv=None) -> None:
     if args.init_embedding and not os.path.isfile(args.init_embedding):
         parser.error(f"--init-embedding {args.init_embedding!r} is not a file; pass a .safetensors embedding")
     if args.steps is None:
-        args.steps = PER_SAMPLE_STEPS if args.per_sample_from else specs["steps"].default
+        args.steps = PER_SAMPLE_STEPS if args.per_sample_from else ReNegConfig.field_specs()["steps"]["default"]
 
     from negguide.core.training_io import first_last_means
     from negguide.reneg.embedding import NegativeEmbedding
@@ -156,9 +160,6 @@ def main(argv=None) -> None:
         config = ReNegConfig(
             prompts=prompts,
             init_text=args.init_text,
-            height=args.height,
-            width=args.width,
-            gradient_checkpointing=args.gradient_checkpointing,
             output_dir=args.out,
             pipeline_kwargs=pipeline_kwargs,
             **{n: getattr(args, n) for n in FLAGS},
@@ -172,7 +173,11 @@ def main(argv=None) -> None:
         if args.init_embedding:
             init = NegativeEmbedding.load(args.init_embedding, pipe)  # names the mismatch for another model
             init.metadata["init_embedding"] = os.path.basename(args.init_embedding)
-        trainer = None if args.per_sample_from else ReNegTrainer(pipe, reward, config, init=init)
+        trainer = (
+            None
+            if args.per_sample_from
+            else ReNegTrainer(pipe, reward, config, init=init, allow_config_change=args.resume_with_changed_config)
+        )
     if args.per_sample_from:
         folder = os.path.join(args.out, "per_sample")
         tuned = fit_per_sample(

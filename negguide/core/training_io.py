@@ -1,11 +1,12 @@
-"""Small helpers the trainers share: an early writability check, the cosine learning-rate schedule and per-step
-curves saved as PNG."""
+"""Small helpers the trainers share: an early writability check, per-step curves saved as PNG and their summary
+(the cosine learning-rate schedule lives in :mod:`negguide.core.settings`, with the configs that use it)."""
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
+
+from negguide.core.settings import cosine_learning_rate  # noqa: F401  (its home moved; kept importable here)
 
 
 def check_writable(folder: str) -> None:
@@ -17,15 +18,6 @@ def check_writable(folder: str) -> None:
             probe.write("ok")
     except OSError as error:
         raise ValueError(f"output folder {folder!r} is not writable ({error.strerror}); choose another") from None
-
-
-def cosine_learning_rate(lr: float, step: int, steps: int, warmup_steps: int = 0) -> float:
-    """The rate of the update made at ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine decay
-    from ``lr`` to 0 at ``steps``; a pure function of the step, so a resumed run follows the same schedule."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def running_mean(values: list, window: int) -> list:

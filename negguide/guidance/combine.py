@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-DEFAULT_EPS = 1e-8
+from negguide.guidance.constants import DEFAULT_EPS
 
 
 def per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,16 @@
 """NegToMe: negative token merging inside the denoiser's attention (Singh et al., arXiv 2412.01339).
 
-The pure math (``merge``) and the settings import with torch alone; the hooks and the pipeline load on first use.
+The settings import without torch (the CLI's help reads them); the math (``merge``), the hooks and the pipeline
+load on first use.
 """
 
 from negguide._lazy import lazy_exports
-from negguide.negtome.merge import match_tokens, merge_batch_group, negative_merge
 from negguide.negtome.settings import FAMILY_DEFAULTS, NegToMeSettings
 
 _EXPORTS = {
+    "match_tokens": "negguide.negtome.merge",
+    "merge_batch_group": "negguide.negtome.merge",
+    "negative_merge": "negguide.negtome.merge",
     "NegToMeHandle": "negguide.negtome.hooks",
     "apply": "negguide.negtome.hooks",
     "remove": "negguide.negtome.hooks",

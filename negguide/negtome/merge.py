@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from negguide.negtome.settings import DEFAULT_CHUNK  # the settings hold it: they import without torch
+
 NORM_EPS = 1e-6
-DEFAULT_CHUNK = 1024
 
 
 def match_tokens(
@@ -103,6 +104,8 @@ def negative_merge(
     """Push every source token away from its best-matching reference token (NegToMe, Singh et al., arXiv 2412.01339):
     h <- h + alpha * (h - r_match) where cos(h, r_match) > threshold."""
     if legacy_matching:
+        if valid is not None:  # a Python-level check on arguments: no host sync
+            raise ValueError("legacy_matching has no reference mask (valid); use legacy_matching=False with a mask")
         best_sim, best_idx = match_tokens_reference_code(sources, references, chunk)
     else:
         best_sim, best_idx = match_tokens(sources, references, valid, chunk)

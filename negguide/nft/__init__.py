@@ -8,41 +8,44 @@
 - rollout: old-policy samples through the family's diffusers pipeline (any scheduler, CFG-free by default);
 - trainer: NFTConfig and NFTTrainer (accelerate, checkpoints, curves); cli: ``negguide train-nft``.
 
-The math is pure tensor functions imported here; the trainer's names load on first use, so ``import negguide.nft``
-imports neither diffusers nor peft.
+Every name loads on first use, so ``import negguide.nft`` (and ``negguide.nft.config``, which the CLI's help
+reads) imports neither torch, diffusers nor peft.
 """
 
 from negguide._lazy import lazy_exports
-from negguide.nft.advantages import (
-    advantage_to_probability,
-    check_rewards,
-    epoch_reward_std,
-    group_advantages,
-    group_index,
-    group_stats,
-    optimality_probability,
-)
-from negguide.nft.ema import ema_update_, eval_ema_decay, old_policy_decay
-from negguide.nft.loss import (
-    PREDICTION_TYPES,
-    adaptive_x0_loss,
-    check_loss_inputs,
-    implicit_policies,
-    kl_penalty,
-    native_kl_scale,
-    nft_loss,
-    nft_loss_x0,
-    per_sample_mean,
-    x0_from_flow,
-    x0_from_prediction,
-)
 
+_MATH = {
+    "negguide.nft.advantages": (
+        "advantage_to_probability",
+        "check_rewards",
+        "epoch_reward_std",
+        "group_advantages",
+        "group_index",
+        "group_stats",
+        "optimality_probability",
+    ),
+    "negguide.nft.ema": ("ema_update_", "eval_ema_decay", "old_policy_decay"),
+    "negguide.nft.loss": (
+        "PREDICTION_TYPES",
+        "adaptive_x0_loss",
+        "check_loss_inputs",
+        "implicit_policies",
+        "kl_penalty",
+        "native_kl_scale",
+        "nft_loss",
+        "nft_loss_x0",
+        "per_sample_mean",
+        "x0_from_flow",
+        "x0_from_prediction",
+    ),
+}
 _EXPORTS = {
     "NFTConfig": "negguide.nft.config",
     "NFTTrainer": "negguide.nft.trainer",
     "TrainingDiverged": "negguide.nft.trainer",
     "NFTPolicies": "negguide.nft.policies",
     "Rollout": "negguide.nft.rollout",
+    **{name: module for module, names in _MATH.items() for name in names},
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -9,7 +9,7 @@
         prediction = pipe.unet(...)
     policies.update_old(decay)                                    # old <- d old + (1 - d) current
     policies.export(folder, "sd")                                 # pipe.load_lora_weights(folder) loads it
-    save_training_state(folder, policies, optimizer, ema, meta)    # atomic checkpoint (and load_training_state)
+    policies.state_dict("current"), policies.load_state_dict("old", tensors)    # what a checkpoint holds
 
 Switching policies goes through diffusers' ``set_adapter`` / ``disable_adapters`` (peft's tuner layers) and then
 restores which tensors train: the current adapter's, and nothing else.
@@ -18,9 +18,7 @@ restores which tensors train: the current adapter's, and nothing else.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import warnings
 
 import torch
@@ -166,19 +164,6 @@ class NFTPolicies:
                 )
             param.copy_(tensors[key])
 
-    def save(self, folder: str) -> None:
-        """current.safetensors and old.safetensors in ``folder`` (float32, peft keys)."""
-        from safetensors.torch import save_file
-
-        for adapter in (CURRENT, OLD):
-            save_file(self.state_dict(adapter), os.path.join(folder, f"{adapter}.safetensors"))
-
-    def load(self, folder: str) -> None:
-        from safetensors.torch import load_file
-
-        for adapter in (CURRENT, OLD):
-            self.load_state_dict(adapter, load_file(os.path.join(folder, f"{adapter}.safetensors")))
-
     def lora_config(self) -> dict:
         """The peft LoraConfig of the adapters as a dict (saved with the LoRA so alpha / rank survive loading)."""
         return self.denoiser.peft_config[CURRENT].to_dict()
@@ -213,48 +198,3 @@ class NFTPolicies:
                 safe_serialization=True,
             )
         return os.path.join(folder, "pytorch_lora_weights.safetensors")
-
-
-def save_training_state(folder: str, policies: NFTPolicies, optimizer, ema: dict | None, meta: dict) -> None:
-    """Write ``folder`` atomically: current/old adapters, evaluation EMA and optimizer moments as safetensors, ``meta``
-    (step, history, ...) and the optimizer's param groups as state.json. A crash leaves the previous folder (or
-    ``folder.old``) intact."""
-    from safetensors.torch import save_file
-
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    policies.save(tmp)
-    if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.items()}, os.path.join(tmp, "eval_ema.safetensors"))
-    state = optimizer.state_dict()
-    tensors = {
-        f"{pid}.{k}": v.detach().cpu().contiguous()
-        for pid, s in state["state"].items()
-        for k, v in s.items()
-        if isinstance(v, torch.Tensor)
-    }
-    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({**meta, "param_groups": state["param_groups"]}, f, default=str)
-    if os.path.isdir(folder):
-        os.replace(folder, folder + ".old")
-    os.replace(tmp, folder)
-    shutil.rmtree(folder + ".old", ignore_errors=True)
-
-
-def load_training_state(folder: str, policies: NFTPolicies, optimizer) -> tuple:
-    """Restore the adapters and the optimizer from ``folder``; returns (evaluation EMA or None, state.json)."""
-    from safetensors.torch import load_file
-
-    with open(os.path.join(folder, "state.json")) as f:
-        meta = json.load(f)
-    policies.load(folder)
-    ema_path = os.path.join(folder, "eval_ema.safetensors")
-    ema = load_file(ema_path) if os.path.exists(ema_path) else None
-    state = {"state": {}, "param_groups": meta["param_groups"]}
-    for key, tensor in load_file(os.path.join(folder, "optimizer.safetensors")).items():
-        pid, name = key.split(".", 1)
-        state["state"].setdefault(int(pid), {})[name] = tensor
-    optimizer.load_state_dict(state)
-    return ema, meta

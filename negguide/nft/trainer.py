@@ -4,6 +4,9 @@
     trainer = NFTTrainer(pipe, reward, NFTConfig(prompts=[...], group_size=8, output_dir="runs/nft"))
     history = trainer.train()         # resumes from runs/nft/checkpoint; writes runs/nft/lora (pipe.load_lora_weights)
 
+A resumed run must have the checkpoint's settings, except ``checkpointing.RESUME_MAY_CHANGE``'s; pass
+``allow_config_change=True`` to go on with others (the change is recorded in the checkpoint's config_log).
+
 One step (Zheng et al., arXiv 2509.16117, Alg. 1): the old policy samples G images per prompt (CFG-free by
 default, any scheduler) -> rewards -> r = optimality_probability per prompt group, std over the whole step's
 rewards gathered from every process -> forward process x_t = (1 - s) x0 + s eps (flow; SD3, Flux) or
@@ -21,12 +24,13 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from negguide.core.accelerate_setup import make_accelerator
 from negguide.core.training_io import check_writable, save_curve
+from negguide.nft import checkpointing
 from negguide.nft.advantages import group_stats, optimality_probability
 from negguide.nft.config import NFTConfig
 from negguide.nft.ema import ema_update_, eval_ema_decay, old_policy_decay
@@ -42,7 +46,7 @@ from negguide.nft.loss import (
     x0_from_flow,
     x0_from_prediction,
 )
-from negguide.nft.policies import CURRENT, OLD, REFERENCE, NFTPolicies, load_training_state, save_training_state
+from negguide.nft.policies import CURRENT, OLD, REFERENCE, NFTPolicies
 from negguide.nft.rollout import (
     check_prediction_type,
     default_size,
@@ -78,9 +82,10 @@ class NFTTrainer:
     """Fine-tunes a LoRA of ``pipe`` (SD1.x/2.x, SDXL, SD3, Flux; a diffusers pipeline or a PerpNegPipeline) with
     DiffusionNFT on ``reward(images [B, 3, H, W] in [0, 1], prompts) -> Tensor[B]``. ``accuracy``: an optional
     callable of the same signature (values in [0, 1]) logged and plotted per step. The pipeline's denoiser gets the
-    "current" and "old" adapters in place: pass a pipeline the trainer may own."""
+    "current" and "old" adapters in place: pass a pipeline the trainer may own. ``allow_config_change``: resume
+    OUT/checkpoint even when its settings differ from ``config``."""
 
-    def __init__(self, pipe, reward, config: NFTConfig, accelerator=None, accuracy=None):
+    def __init__(self, pipe, reward, config: NFTConfig, accelerator=None, accuracy=None, allow_config_change=False):
         if not isinstance(config, NFTConfig):
             raise TypeError(f"config must be an NFTConfig, got {type(config).__name__}")
         for name, fn in (("reward", reward), ("accuracy", accuracy)):
@@ -127,11 +132,9 @@ class NFTTrainer:
         optimizer = torch.optim.AdamW(self.policies.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.optimizer = acc.prepare(optimizer)
         self.ema = self.policies.state_dict(CURRENT) if c.eval_ema else None
-        self.step, self.history = 0, []
-        for name in (CHECKPOINT, CHECKPOINT + ".old"):  # .old: a save interrupted between its two renames
-            if c.output_dir and os.path.isfile(os.path.join(c.output_dir, name, "state.json")):
-                self.load_checkpoint(os.path.join(c.output_dir, name))
-                break
+        self.step, self.history, self.config_log = 0, [], []
+        if c.output_dir:
+            self.load_checkpoint(os.path.join(c.output_dir, CHECKPOINT), allow_config_change)
 
     # ------------------------------------------------------------------ checks
     def _score(self, fn, images, prompts) -> torch.Tensor:
@@ -419,24 +422,12 @@ class NFTTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str) -> None:
-        """Adapters, evaluation EMA and AdamW moments as safetensors, step/history/config as JSON; atomic."""
+        """Adapters, evaluation EMA, AdamW and RNG states, step, history and config; atomic, with checksums."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            config = {k: v for k, v in asdict(self.config).items() if k != "prompts"}
-            save_training_state(
-                folder,
-                self.policies,
-                self.optimizer,
-                self.ema,
-                {"step": self.step, "history": self.history, "family": self.family, "config": config},
-            )
+            checkpointing.save(self, folder)
         self.accelerator.wait_for_everyone()
 
-    def load_checkpoint(self, folder: str) -> None:
-        ema, meta = load_training_state(folder, self.policies, self.optimizer)
-        if meta.get("family") != self.family:
-            raise ValueError(
-                f"the checkpoint in {folder!r} trained a {meta.get('family')} model, this is {self.family}"
-            )
-        self.ema = ema if self.ema is not None and ema is not None else self.ema
-        self.step, self.history = meta["step"], meta["history"]
+    def load_checkpoint(self, folder: str, allow_config_change: bool = False) -> bool:
+        """Resume from ``folder`` (see :func:`negguide.nft.checkpointing.load`); False when there is none."""
+        return checkpointing.load(self, folder, allow_config_change)

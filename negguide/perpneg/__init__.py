@@ -1,6 +1,6 @@
 """Perp-Neg: several weighted negatives removed perpendicular to the prompt (Armandpour et al., 2023).
 
-The settings import with torch alone; the pipeline (diffusers) loads on first use."""
+The settings import without torch (the CLI's help reads them); the pipeline (diffusers) loads on first use."""
 
 from negguide._lazy import lazy_exports
 from negguide.perpneg.settings import PerpNegSettings

@@ -2,54 +2,35 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
-from negguide.guidance.combine import DEFAULT_EPS
+from negguide.core.settings import Settings, setting, validate
+from negguide.guidance.constants import DEFAULT_EPS
 from negguide.guidance.windows import FULL_WINDOW, validate_window
 
 MODES = ("perp_neg", "plain")
+WEIGHT_HINT = "weights are >= 0 and the sign is built in (a negative prompt is removed)"
 
 
-def _as_text_list(value, name: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise TypeError(f"{name} must be a string or a list of strings, got {type(value).__name__}: {value!r}")
+def _text_list(value):
+    """A prompt or None as a list (other values go to the validator, which names what is wrong)."""
+    return [] if value is None else [value] if isinstance(value, str) else value
 
 
-def _check_weights(weights, count: int, name: str, prompts_name: str) -> list[float]:
+def _weights(weights, count: int):
+    """None: 1.0 each; one number: that number for every prompt."""
     if weights is None:
         return [1.0] * count
-    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
-        weights = [weights] * count
-    if isinstance(weights, str) or not hasattr(weights, "__len__"):
-        raise TypeError(f"{name} must be a list of numbers, one per entry of {prompts_name}; got {weights!r}")
-    weights = list(weights)
-    if len(weights) != count:
-        raise ValueError(
-            f"{name} has {len(weights)} entries but {prompts_name} has {count}: give one weight per prompt"
-        )
-    out = []
-    for i, w in enumerate(weights):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise TypeError(f"{name}[{i}] = {w!r} is not a number")
-        if not math.isfinite(w):
-            raise ValueError(f"{name}[{i}] = {w} is not finite: use a finite weight such as 1.0")
-        if w < 0:
-            raise ValueError(
-                f"{name}[{i}] = {w} is negative: weights are >= 0 and the sign is built in "
-                f"(a negative prompt is removed; use {abs(w)})"
-            )
-        out.append(float(w))
-    return out
+    return [weights] * count if isinstance(weights, (int, float)) and not isinstance(weights, bool) else weights
+
+
+def _check_count(values: list, count: int, name: str, prompts_name: str, what: str) -> None:
+    if len(values) != count:
+        raise ValueError(f"{name} has {len(values)} entries but {prompts_name} has {count}: give one {what}")
 
 
 @dataclass
-class PerpNegSettings:
+class PerpNegSettings(Settings):
     """Several weighted negative prompts removed perpendicular to the positive (Armandpour et al., 2023).
 
     Each negative ``i`` has a weight ``w_i >= 0`` and a window ``(start, end)`` in fractions of the sampling run;
@@ -59,70 +40,58 @@ class PerpNegSettings:
     branch's place, like diffusers' ``negative_prompt``), for comparison.
     """
 
-    negatives: list = field(default_factory=list, metadata={"help": "negative prompts"})
-    negative_weights: list | None = field(
-        default=None,
-        metadata={
-            "help": "one weight >= 0 per negative (default 1.0)",
-            "min": 0.0,
-            "max": 5.0,
-            "step": 0.05,
-            "default": 1.0,
-        },
+    negatives: list[str] = setting([], "negative prompts")
+    negative_weights: list[float] | None = setting(
+        None,
+        "one weight >= 0 per negative (default 1.0)",
+        min=0.0,
+        max=5.0,
+        step=0.05,
+        default=1.0,
+        hint=WEIGHT_HINT,
     )
-    negative_windows: list | None = field(
-        default=None,
-        metadata={
-            "help": "one (start, end) window per negative, fractions of the run",
-            "min": 0.0,
-            "max": 1.0,
-            "step": 0.05,
-        },
+    negative_windows: list[tuple[float, float]] | None = setting(
+        None,
+        "one (start, end) window per negative, fractions of the run",
+        min=0.0,
+        max=1.0,
+        step=0.05,
+        hint="give fractions of the sampling run, e.g. (0.3, 1.0)",
     )
-    positives: list = field(default_factory=list, metadata={"help": "extra positive prompts (composition)"})
-    positive_weights: list | None = field(
-        default=None,
-        metadata={"help": "one weight >= 0 per extra positive", "min": 0.0, "max": 5.0, "step": 0.05, "default": 1.0},
+    positives: list[str] = setting([], "extra positive prompts (composition)")
+    positive_weights: list[float] | None = setting(
+        None, "one weight >= 0 per extra positive", min=0.0, max=5.0, step=0.05, default=1.0, hint=WEIGHT_HINT
     )
-    mode: str = field(default="perp_neg", metadata={"help": "perp_neg or plain", "choices": MODES})
-    eps: float = field(default=DEFAULT_EPS, metadata={"help": "epsilon added to ||D_pos||^2"})
+    mode: str = setting("perp_neg", "perp_neg or plain", choices=MODES)
+    eps: float = setting(
+        DEFAULT_EPS, "epsilon added to ||D_pos||^2", min=0.0, low_open=True, hint="a small positive number such as 1e-8"
+    )
 
     def __post_init__(self) -> None:
-        self.negatives = _as_text_list(self.negatives, "negatives")
-        self.positives = _as_text_list(self.positives, "positives")
-        self.negative_weights = _check_weights(
-            self.negative_weights, len(self.negatives), "negative_weights", "negatives"
+        self.negatives, self.positives = _text_list(self.negatives), _text_list(self.positives)
+        count = len(self.negatives) if isinstance(self.negatives, (list, tuple)) else 0
+        self.negative_weights = _weights(self.negative_weights, count)
+        self.positive_weights = _weights(
+            self.positive_weights, len(self.positives) if isinstance(self.positives, (list, tuple)) else 0
         )
-        self.positive_weights = _check_weights(
-            self.positive_weights, len(self.positives), "positive_weights", "positives"
+        windows = self.negative_windows
+        if windows is None:
+            self.negative_windows = [FULL_WINDOW] * count
+        elif isinstance(windows, tuple) and len(windows) == 2 and all(isinstance(v, (int, float)) for v in windows):
+            self.negative_windows = [windows] * count  # one window for all
+        validate(self)
+        _check_count(self.negative_weights, len(self.negatives), "negative_weights", "negatives", "weight per prompt")
+        _check_count(self.positive_weights, len(self.positives), "positive_weights", "positives", "weight per prompt")
+        _check_count(
+            self.negative_windows,
+            len(self.negatives),
+            "negative_windows",
+            "negatives",
+            "(start, end) window per negative",
         )
-        if self.negative_windows is None:
-            self.negative_windows = [FULL_WINDOW] * len(self.negatives)
-        elif (
-            isinstance(self.negative_windows, tuple)
-            and len(self.negative_windows) == 2
-            and all(isinstance(v, (int, float)) for v in self.negative_windows)
-        ):
-            self.negative_windows = [self.negative_windows] * len(self.negatives)  # one window for all
-        else:
-            windows = list(self.negative_windows)
-            if len(windows) != len(self.negatives):
-                raise ValueError(
-                    f"negative_windows has {len(windows)} entries but negatives has {len(self.negatives)}: "
-                    "give one (start, end) window per negative"
-                )
-            self.negative_windows = windows
         self.negative_windows = [
             validate_window(w, f"negative_windows[{i}]") for i, w in enumerate(self.negative_windows)
         ]
-        if self.mode not in MODES:
-            raise ValueError(f"mode = {self.mode!r} is not one of {MODES}")
-        if (
-            isinstance(self.eps, bool)
-            or not isinstance(self.eps, (int, float))
-            or not (self.eps > 0 and math.isfinite(self.eps))
-        ):
-            raise ValueError(f"eps = {self.eps!r} must be a small positive number such as 1e-8")
         if self.mode == "plain" and self.positives:
             raise ValueError("extra positives need mode='perp_neg': plain negative prompting has no composition term")
 
@@ -130,8 +99,3 @@ class PerpNegSettings:
     def is_noop(self) -> bool:
         """True when no branch beyond diffusers' own CFG can ever run."""
         return not self.positives and all(w == 0 for w in self.negative_weights)
-
-    @classmethod
-    def field_specs(cls) -> dict:
-        """Field name -> metadata (help, min, max, step, choices): for CLI flags and demo sliders."""
-        return {f.name: dict(f.metadata) for f in fields(cls)}

@@ -1,8 +1,19 @@
-"""ReNeg: negative embeddings learned from a reward (Li et al., arXiv 2412.19637)."""
+"""ReNeg: negative embeddings learned from a reward (Li et al., arXiv 2412.19637).
 
-from negguide.reneg.embedding import NegativeEmbedding, null_embedding
-from negguide.reneg.per_sample import fit_per_sample, load_per_sample, per_sample_embedding
-from negguide.reneg.trainer import ReNegConfig, ReNegTrainer
+``ReNegConfig`` imports without torch (the CLI's help reads it); the other names load on first use."""
+
+from negguide._lazy import lazy_exports
+from negguide.reneg.config import ReNegConfig
+
+_EXPORTS = {
+    "NegativeEmbedding": "negguide.reneg.embedding",
+    "null_embedding": "negguide.reneg.embedding",
+    "fit_per_sample": "negguide.reneg.per_sample",
+    "load_per_sample": "negguide.reneg.per_sample",
+    "per_sample_embedding": "negguide.reneg.per_sample",
+    "ReNegTrainer": "negguide.reneg.trainer",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "NegativeEmbedding",

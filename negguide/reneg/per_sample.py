@@ -8,15 +8,16 @@ them for a prompt list (``negguide train-reneg --per-sample-from GLOBAL``), resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 
+from negguide.reneg.config import SELECTIONS, ReNegConfig
 from negguide.reneg.embedding import NegativeEmbedding
-from negguide.reneg.trainer import ReNegConfig, ReNegTrainer
+from negguide.reneg.trainer import ReNegTrainer
 
 INDEX = "prompts.json"
-SELECTIONS = ("final", "step")  # what per-sample early stopping scores: complete samples, or the one-step objective
 
 
 def per_sample_embedding(
@@ -87,24 +88,34 @@ def fit_per_sample(
     **options,
 ) -> dict:
     """``per_sample_embedding`` (with ``options``: patience, selection, confirm_samples) for every prompt of
-    ``config.prompts``, each saved in ``folder`` as NNNN.safetensors as soon as it is done, with ``prompts.json``
-    mapping prompt -> file. A prompt whose file is already there is skipped, so an interrupted run loses at most the
-    prompt it was on. Returns {prompt: NegativeEmbedding}."""
+    ``config.prompts``, each saved in ``folder`` as soon as it is done, with ``prompts.json`` mapping prompt -> file.
+
+    A file is named by a hash of its prompt, the global embedding's tensors and the tuning settings, and records all
+    three: a rerun reuses a prompt's tuning only if it was made from the same global embedding with the same
+    settings (so an interrupted run loses at most the prompt it was on), and a rerun with other prompts, another
+    global embedding or other settings in the same folder never maps a prompt to another prompt's embedding.
+    Returns {prompt: NegativeEmbedding}."""
     from tqdm.auto import tqdm
 
     global_embedding.check_compatible(pipe)
     os.makedirs(folder, exist_ok=True)
     index_path = os.path.join(folder, INDEX)
     index = _read_index(index_path) if os.path.isfile(index_path) else {}
+    source = {"global": fingerprint(global_embedding), "settings": _settings_fingerprint(config, options)}
     tuned = {}
-    for number, prompt in enumerate(tqdm(config.prompts, desc="per-sample", disable=not progress)):
-        name = f"{number:04d}.safetensors"
+    for prompt in tqdm(config.prompts, desc="per-sample", disable=not progress):
+        name = _file_name(prompt, source)
         path = os.path.join(folder, name)
         if index.get(prompt) == name and os.path.isfile(path):
-            tuned[prompt] = NegativeEmbedding.load(path, pipe)
-            continue
-        tuned[prompt] = per_sample_embedding(pipe, reward, global_embedding, prompt, config, **options)
-        tuned[prompt].save(path)
+            embedding = NegativeEmbedding.load(path, pipe)
+            if _made_for(embedding) == (prompt, source["global"], source["settings"]):
+                tuned[prompt] = embedding
+                continue
+        embedding = per_sample_embedding(pipe, reward, global_embedding, prompt, config, **options)
+        embedding.metadata.update(per_sample_global=source["global"], per_sample_settings=source["settings"])
+        embedding.save(path + ".tmp")
+        os.replace(path + ".tmp", path)  # a file is complete or absent
+        tuned[prompt] = embedding
         index[prompt] = name
         with open(index_path + ".tmp", "w") as f:
             json.dump(index, f, indent=1)
@@ -114,17 +125,51 @@ def fit_per_sample(
 
 def load_per_sample(folder: str, pipe=None) -> dict:
     """{prompt: NegativeEmbedding} from a folder written by ``fit_per_sample``; with ``pipe``, each is checked
-    against that model."""
+    against that model. Every file must have been tuned for the prompt the index gives it (ValueError otherwise)."""
     index_path = os.path.join(folder, INDEX)
     if not os.path.isfile(index_path):
         raise ValueError(
             f"{folder!r} has no {INDEX}: not a per-sample folder (write one with "
             "negguide train-reneg --per-sample-from GLOBAL)"
         )
-    return {
-        prompt: NegativeEmbedding.load(os.path.join(folder, name), pipe)
-        for prompt, name in _read_index(index_path).items()
-    }
+    out = {}
+    for prompt, name in _read_index(index_path).items():
+        embedding = NegativeEmbedding.load(os.path.join(folder, name), pipe)
+        made_for = embedding.metadata.get("per_sample_prompt")
+        if made_for != prompt:
+            raise ValueError(
+                f"{os.path.join(folder, name)} was tuned for {made_for!r}, but {INDEX} gives it to {prompt!r}: the "
+                "folder is inconsistent; rerun the per-sample tuning into an empty folder"
+            )
+        out[prompt] = embedding
+    return out
+
+
+def fingerprint(embedding: NegativeEmbedding) -> str:
+    """A short hash of an embedding's family and tensors (names, shapes and float32 bytes)."""
+    digest = hashlib.sha256(embedding.family.encode())
+    for name in sorted(embedding.tensors):
+        tensor = embedding.tensors[name].detach().float().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _settings_fingerprint(config: ReNegConfig, options: dict) -> str:
+    """A short hash of the settings a tuning depends on (the config without its prompt list and output folder)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("prompts", "output_dir")}
+    text = json.dumps({"config": settings, "options": options}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_name(prompt: str, source: dict) -> str:
+    key = json.dumps([prompt, source["global"], source["settings"]])
+    return hashlib.sha256(key.encode()).hexdigest()[:20] + ".safetensors"
+
+
+def _made_for(embedding: NegativeEmbedding) -> tuple:
+    meta = embedding.metadata
+    return meta.get("per_sample_prompt"), meta.get("per_sample_global"), meta.get("per_sample_settings")
 
 
 def _copy(embedding: NegativeEmbedding) -> NegativeEmbedding:

@@ -8,92 +8,32 @@ Every random choice of a step (its prompts, its late step, every sample's noise)
 sample index), so a resumed run equals an uninterrupted one, and N processes with the same effective batch equal
 one process: each takes every N-th sample and DDP averages the gradients. AdamW's learning rate follows a cosine
 set from the step number, so the checkpoint holds only the embedding, the optimizer's moments and the history.
+A resumed run must have the checkpoint's settings, except ``RESUME_MAY_CHANGE``'s; ``allow_config_change=True``
+goes on with others (recorded in the checkpoint's config_log and the embedding's metadata).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, fields
 
 import torch
 from torch import nn
 
 from negguide.core.accelerate_setup import make_accelerator
+from negguide.core.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from negguide.core.families import get_adapter
-from negguide.core.training_io import check_writable, cosine_learning_rate, save_curve
+from negguide.core.training_io import check_writable, save_curve
+from negguide.reneg.config import ReNegConfig
 from negguide.reneg.embedding import NegativeEmbedding, null_embedding
 from negguide.reneg.step import decode, default_size, guided_prediction, predict_x0, sample_to_step
 
 CHECKPOINT = "checkpoint"
-
-
-@dataclass
-class ReNegConfig:
-    """Training settings (the paper's: lr 5e-3, cosine, batch 64, 4000 steps, guidance 7.5, last 10 of 30 steps)."""
-
-    prompts: list = field(default_factory=list, metadata={"help": "training prompts"})
-    steps: int = field(default=200, metadata={"help": "optimizer steps", "min": 1, "max": 100_000})
-    batch_size: int = field(
-        default=8, metadata={"help": "samples per step, all processes together", "min": 1, "max": 4096}
-    )
-    lr: float = field(default=5e-3, metadata={"help": "AdamW peak learning rate", "min": 1e-6, "max": 1.0})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0.0, "max": 1.0})
-    warmup_steps: int = field(
-        default=0, metadata={"help": "linear warm-up before the cosine decay", "min": 0, "max": 10_000}
-    )
-    guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale while training", "min": 1.0, "max": 30.0})
-    num_inference_steps: int = field(default=20, metadata={"help": "sampling steps", "min": 2, "max": 200})
-    late_steps: int = field(
-        default=7, metadata={"help": "the gradient step is one of the last N", "min": 1, "max": 200}
-    )
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "micro-batches per step", "min": 1, "max": 1024}
-    )
-    checkpoint_every: int = field(default=25, metadata={"help": "steps between checkpoints", "min": 1, "max": 100_000})
-    seed: int = field(default=0, metadata={"help": "seed of prompts, steps and noise"})
-    init_text: str = field(default="", metadata={"help": "initialise from this text's embedding (null text)"})
-    height: int | None = field(default=None, metadata={"help": "image height (default: the model's)"})
-    width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
-    output_dir: str | None = field(default=None, metadata={"help": "checkpoints, embedding, curve"})
-    pipeline_kwargs: dict = field(default_factory=dict, metadata={"help": "more pipeline arguments"})
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, str):
-            self.prompts = [self.prompts]
-        if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
-            raise ValueError("prompts must be a non-empty list of strings (or use --prompts-file)")
-        for name in (
-            "steps",
-            "batch_size",
-            "num_inference_steps",
-            "late_steps",
-            "gradient_accumulation_steps",
-            "checkpoint_every",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} = {value!r} must be a positive integer")
-        if self.late_steps > self.num_inference_steps:
-            raise ValueError(f"late_steps = {self.late_steps} exceeds num_inference_steps = {self.num_inference_steps}")
-        for name, low, high in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("guidance_scale", 1.0, 100.0)):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or not low <= value <= high
-            ):
-                raise ValueError(f"{name} = {value!r} must be a number in [{low}, {high}]")
-        if self.lr <= 0:
-            raise ValueError(f"lr = {self.lr} must be positive, e.g. 5e-3")
-
-    def learning_rate(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 0 over the run."""
-        return cosine_learning_rate(self.lr, step, self.steps, self.warmup_steps)
+#: the settings a resumed run may change: its length, the checkpoint interval, where it writes, and the memory
+#: knobs that leave the run the same (micro-batches of the same batch, recomputed activations)
+RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "output_dir", "gradient_accumulation_steps", "gradient_checkpointing")
 
 
 class EmbeddingParameters(nn.Module):
@@ -120,9 +60,18 @@ def describe_reward(reward) -> str:
 
 
 class ReNegTrainer:
-    """Learns a NegativeEmbedding for ``pipe`` (a PerpNegPipeline or any pipeline it can wrap) and ``reward``."""
+    """Learns a NegativeEmbedding for ``pipe`` (a PerpNegPipeline or any pipeline it can wrap) and ``reward``.
+    ``allow_config_change``: resume OUT/checkpoint even when its settings differ from ``config``."""
 
-    def __init__(self, pipe, reward, config: ReNegConfig, init: NegativeEmbedding | None = None, accelerator=None):
+    def __init__(
+        self,
+        pipe,
+        reward,
+        config: ReNegConfig,
+        init: NegativeEmbedding | None = None,
+        accelerator=None,
+        allow_config_change: bool = False,
+    ):
         from negguide.perpneg.pipeline import PerpNegPipeline
 
         if not callable(reward):
@@ -154,6 +103,7 @@ class ReNegTrainer:
             (config.height, config.width) if config.height and config.width else default_size(self.pipe)
         )
         sequence = config.pipeline_kwargs.get("max_sequence_length")
+        self.init_given = init is not None  # a resumed run must start from the same embedding
         init = init or null_embedding(
             self.pipe,
             self.pipe.family,
@@ -164,10 +114,10 @@ class ReNegTrainer:
         self.base_metadata = dict(init.metadata)
         self.model = EmbeddingParameters(init).to(self.accelerator.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.step, self.history = 0, []
+        self.step, self.history, self.config_log = 0, [], []
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if config.output_dir and os.path.isdir(os.path.join(config.output_dir, CHECKPOINT)):
-            self.load_checkpoint(os.path.join(config.output_dir, CHECKPOINT))
+        if config.output_dir:
+            self.load_checkpoint(os.path.join(config.output_dir, CHECKPOINT), allow_config_change)
 
     # ------------------------------------------------------------------ one step
     def plan(self, step: int) -> tuple:
@@ -306,57 +256,61 @@ class ReNegTrainer:
             "base_model": getattr(self.pipe, "name_or_path", "") or "",
             "config": json.dumps({k: v for k, v in asdict(self.config).items() if k not in ("prompts", "output_dir")}),
             "prompts": str(len(self.config.prompts)),
+            **({"config_log": json.dumps(self.config_log)} if self.config_log else {}),
         }
         return NegativeEmbedding(
             self.pipe.family, {names[k]: v.detach().cpu().clone() for k, v in values.items()}, meta
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, folder: str) -> None:
-        """Embedding and AdamW moments as safetensors, step and history as JSON; written atomically."""
-        from safetensors.torch import save_file
+    def run_config(self) -> dict:
+        """The settings a checkpoint records and a resumed run must match (prompts and a given initial embedding as
+        fingerprints)."""
+        c = self.config
+        return {
+            **asdict(c),
+            "prompts": f"{len(c.prompts)} prompts, {fingerprint(list(c.prompts))}",
+            "init_embedding": fingerprint(self.base_metadata) if self.init_given else None,
+        }
 
+    def save_checkpoint(self, folder: str) -> None:
+        """Embedding, AdamW and RNG states, step, history and config; atomic, with checksums
+        (negguide.core.checkpoint)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            tmp = folder + ".tmp"
-            os.makedirs(tmp, exist_ok=True)
-            self.embedding().save(os.path.join(tmp, "embedding.safetensors"))
-            state = self.optimizer.state_dict()
-            tensors = {
-                f"{pid}.{k}": v.detach().cpu().contiguous()
-                for pid, s in state["state"].items()
-                for k, v in s.items()
-                if isinstance(v, torch.Tensor)
-            }
-            save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-            with open(os.path.join(tmp, "state.json"), "w") as f:
-                json.dump({"step": self.step, "history": self.history, "param_groups": state["param_groups"]}, f)
-            if os.path.isdir(folder):
-                os.replace(folder, folder + ".old")
-            os.replace(tmp, folder)
-            if os.path.isdir(folder + ".old"):
-                import shutil
-
-                shutil.rmtree(folder + ".old")
+            values = self.accelerator.unwrap_model(self.model).values
+            tensors = {"embedding": {k: v.detach() for k, v in values.items()}}
+            meta = {"history": self.history}
+            save_checkpoint(folder, self.step, self.run_config(), tensors, self.optimizer, meta, self.config_log)
         self.accelerator.wait_for_everyone()
 
-    def load_checkpoint(self, folder: str) -> None:
-        from safetensors.torch import load_file
-
-        embedding = NegativeEmbedding.load(os.path.join(folder, "embedding.safetensors"))
-        values = self.accelerator.unwrap_model(self.model).values
+    def load_checkpoint(self, folder: str, allow_config_change: bool = False) -> bool:
+        """Resume from ``folder`` (or the ``.old`` a killed save left); False when there is no checkpoint. A damaged
+        checkpoint, or one saved with other settings (outside ``RESUME_MAY_CHANGE``, unless
+        ``allow_config_change``), raises a CheckpointError (a ValueError) naming what is wrong."""
+        ckpt = load_checkpoint(
+            folder,
+            self.run_config(),
+            RESUME_MAY_CHANGE,
+            allow_config_change,
+            "allow_config_change=True (negguide train-reneg: --resume-with-changed-config)",
+            {f.name: f.default for f in fields(self.config) if f.default is not MISSING},
+        )
+        if ckpt is None:
+            return False
+        saved, values = ckpt.group("embedding"), self.accelerator.unwrap_model(self.model).values
+        if {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in values.items()}:
+            raise ValueError(
+                f"the embedding in {ckpt.path!r} has tensors {sorted(saved)} of other shapes than this model's: "
+                "it was trained for another model; train into another output folder"
+            )
         with torch.no_grad():
-            for arg, tensor in embedding.negative_kwargs().items():
+            for arg, tensor in saved.items():
                 values[arg].copy_(tensor)
-        with open(os.path.join(folder, "state.json")) as f:
-            meta = json.load(f)
-        tensors = load_file(os.path.join(folder, "optimizer.safetensors"))
-        state = {"state": {}, "param_groups": meta["param_groups"]}
-        for key, tensor in tensors.items():
-            pid, name = key.split(".", 1)
-            state["state"].setdefault(int(pid), {})[name] = tensor
-        self.optimizer.load_state_dict(state)
-        self.step, self.history = meta["step"], meta["history"]
+        ckpt.load_optimizer(self.optimizer)
+        ckpt.restore_rng()
+        self.step, self.history, self.config_log = ckpt.step, ckpt.meta.get("history", []), ckpt.config_log
+        return True
 
 
 def _check_reward(rewards, batch: int, grad: bool = True) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
+from negguide.core.settings import Settings, setting
 from negguide.shapeworld.assets import DEFAULT_MODEL
 from negguide.shapeworld.judge import (
     attribute_probability,
@@ -83,18 +83,29 @@ SCENARIOS = {
 PLUGINS = ("negguide.shapeworld.bench_negtome",)  # modules that register more methods
 
 
-@dataclass
-class BenchSettings:
-    """Sampling settings shared by every method (the bundled model's defaults)."""
+@dataclass(frozen=True)
+class BenchSettings(Settings):
+    """Sampling settings shared by every method (the bundled model's defaults); :meth:`quick` is the smoke subset."""
 
-    guidance_scale: float = 5.0
-    steps: int = 20
-    images_per_seed: int = 16
-    seeds: tuple = (20_000, 20_001, 20_002, 20_003)
-    perp_neg_weight: float = 1.5
-    extra: dict = field(default_factory=lambda: {"max_sequence_length": 0})
+    guidance_scale: float = setting(5.0, "classifier-free guidance scale", min=0.0, max=100.0)
+    steps: int = setting(20, "denoising steps", min=1, max=1000)
+    images_per_seed: int = setting(16, "images per (scenario, method, seed)", min=1, max=1024)
+    seeds: tuple[int, ...] = setting((20_000, 20_001, 20_002, 20_003), "seeds of the runs", min=0, max=2**63 - 1)
+    perp_neg_weight: float = setting(1.5, "the negative's weight of the perp-neg method", min=0.0, max=5.0)
+    extra: dict = setting({"max_sequence_length": 0}, "more pipeline arguments")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed, e.g. (20000,)")
+
+    @classmethod
+    def quick(cls, **overrides) -> BenchSettings:
+        """The smoke subset (``negguide bench --quick``): 2 seeds of 8 images."""
+        return cls(**{**QUICK, **overrides})
 
 
+QUICK = {"seeds": (20_000, 20_001), "images_per_seed": 8}
 Generator = Callable[["object", Scenario, int, BenchSettings], np.ndarray]
 METHODS: dict[str, Generator] = {}
 METHOD_KINDS: dict[str, tuple] = {}
@@ -124,6 +135,8 @@ def load_plugins() -> None:
 
 
 def _generate(pipe, scenario: Scenario, seed: int, settings: BenchSettings, **options) -> np.ndarray:
+    import torch
+
     out = pipe(
         scenario.prompt,
         num_images_per_prompt=settings.images_per_seed,

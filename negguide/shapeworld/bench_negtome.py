@@ -7,12 +7,14 @@ Importing this module registers "negtome first", "negtome others" (batch diversi
 from __future__ import annotations
 
 from dataclasses import replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from negguide.negtome.settings import NegToMeSettings
 from negguide.shapeworld.bench import _generate, register_method
 from negguide.shapeworld.world import COLOURS, Scene, ShapeObject, parse_caption, render
+
+if TYPE_CHECKING:
+    import torch
 
 # The settings the benchmark measures on the bundled model, chosen on seeds 30000-30015 (the bench uses 20000+,
 # its test 40000+), as the most distinct pairs with prompt accuracy at most 2 points below no NegToMe. Batch mode:
@@ -26,6 +28,8 @@ REFERENCE_SETTINGS = NegToMeSettings(alpha=2.0, window=(0.5, 1.0), threshold=0.6
 
 def reference_image(caption: str, size: int = 64) -> torch.Tensor:
     """The image of one centred object named by ``caption`` (e.g. "a red circle"): float [3, size, size] in [0, 1]."""
+    import torch
+
     parsed = parse_caption(caption)
     if len(parsed.objects) != 1 or parsed.objects[0].colour is None or parsed.objects[0].shape is None:
         raise ValueError(f"reference caption {caption!r} must name one coloured shape, e.g. 'a red circle'")

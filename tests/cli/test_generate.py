@@ -35,7 +35,7 @@ def run(pipe, monkeypatch, capsys, tmp_path):
 
     def call(*args: str):
         out = str(tmp_path / "out")
-        code = cli(["generate", *args, "--out", out])
+        code = cli(["generate", *args, "--out", out, "--overwrite"])
         captured = capsys.readouterr()
         return code, captured.out, captured.err, out
 
@@ -272,3 +272,26 @@ def test_a_local_diffusers_folder_is_used_without_the_judge(run, tmp_path):
     assert code == 0, err
     check_images(images, "perp-neg", 2)
     assert "perp-neg (" in out and ": " not in out.splitlines()[1]  # no judge readings for other models
+
+
+def test_a_used_output_folder_is_refused_before_compute_and_overwrite_clears_the_old_run(run, tmp_path, monkeypatch):
+    code, _, _, folder = run("a red shape", "--method", "none", "--batch", "3", *SMALL[:4])
+    assert code == 0 and os.path.isfile(os.path.join(folder, "none_2.png"))
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    monkeypatch.setattr(gen, "run", lambda *a, **k: pytest.fail("computed before checking --out"))
+    assert cli(["generate", "a red shape", "--method", "none", "--out", folder]) == 2  # no --overwrite
+    monkeypatch.undo()
+    code, _, _, _ = run("a red shape", "--method", "none", "--batch", "2", *SMALL[:4])  # --overwrite, fewer images
+    assert code == 0
+    assert sorted(os.listdir(folder)) == ["grid.png", "negguide_generate.json", "none_0.png", "none_1.png", "notes.txt"]
+
+
+def test_an_output_path_that_is_a_file_or_unwritable_is_refused_in_one_line(tmp_path, capsys):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    assert cli(["generate", "a red shape", "-n", "red", "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert (
+        cli(["generate", "a red shape", "-n", "red", "--out", str(afile / "run")]) == 2
+    )  # a folder below a file: cannot exist
+    assert "not writable" in capsys.readouterr().err

@@ -88,4 +88,13 @@ def test_train_nft_unwritable_output_is_one_line(capsys):
     assert err.count("\n") == 0 and "not writable" in err
 
 
+def test_resume_with_changed_config_reaches_the_trainer(tmp_path, capsys, monkeypatch):
+    def stub(pipe, reward, config, accuracy=None, allow_config_change=False):
+        raise ValueError(f"stub trainer: allow_config_change={allow_config_change}")
+
+    monkeypatch.setattr("negguide.nft.trainer.NFTTrainer", stub)
+    assert _exit_code(["train-nft", "--out", str(tmp_path / "x"), *QUICK, "--resume-with-changed-config"]) == 2
+    assert "allow_config_change=True" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------- positive-only baseline

@@ -3,6 +3,7 @@ and resumes; bad flags exit non-zero with one line naming the flag."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -44,6 +45,16 @@ def test_train_reneg_writes_embedding_curve_and_resumes(tmp_path, capsys):
     steps_shown = re.findall(r"ReNeg:[^|]*\|[^|]*\| (\d+)/3", progress)
     assert steps_shown and steps_shown[0] == "2", steps_shown  # the bar started at step 2
     assert NegativeEmbedding.load(str(out / "negative_embedding.safetensors")).metadata["steps"] == "3"
+    # another seed is refused in one line naming it; --resume-with-changed-config goes on and records the change
+    assert _exit_code(["train-reneg", "--out", str(out), "--steps", "4", "--seed", "1", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "seed: 0 -> 1" in err and "--resume-with-changed-config" in err and "Traceback" not in err
+    assert (
+        main(["train-reneg", "--out", str(out), "--steps", "4", "--seed", "1", "--resume-with-changed-config", *QUICK])
+        == 0
+    )
+    log = json.loads(NegativeEmbedding.load(str(out / "negative_embedding.safetensors")).metadata["config_log"])
+    assert log[-1] == {"step": 3, "changes": {"seed": [0, 1], "steps": [3, 4]}}
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,8 @@ def test_data_mix_flags_are_range_checked():
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_and_ema(tmp_path):
+    from argparse import Namespace
+
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
@@ -96,26 +98,33 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_ema(tmp_path):
         opt.zero_grad()
     ema = {k: v.clone() for k, v in ck.prefixed_state({"net": net}).items()}
     ema_update(ema, {"net": net}, 0.5)
-    ck.save_checkpoint(str(tmp_path), {"step": 3}, {"net": net}, ema, opt)
+    args = Namespace(seed=0, batch=4, family="sd3", base="x", prediction="epsilon", max_minutes=1.0)
+    ck.save(str(tmp_path), {"step": 3, "stage": "dit"}, {"net": net}, ema, opt, args)
 
     net2 = torch.nn.Linear(3, 2)
     opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-2)
-    ck.load_prefixed({"net": net2}, ck.load_tensors(str(tmp_path), "model"))
-    assert ck.load_optimizer(str(tmp_path), opt2)
-    assert ck.read_state(str(tmp_path)) == {"step": 3}
+    resumed = ck.load(str(tmp_path), Namespace(**{**vars(args), "max_minutes": 5.0}))  # a budget may change
+    ck.load_prefixed({"net": net2}, resumed.group("model"))
+    resumed.load_optimizer(opt2)
+    assert ck.read_state(str(tmp_path)) == {"step": 3, "stage": "dit", "config_log": []}
     assert torch.equal(net.weight, net2.weight)
     x = torch.randn(4, 3)
     for n, o in ((net, opt), (net2, opt2)):  # the same next step from both
         n(x).pow(2).sum().backward()
         o.step()
-    assert torch.equal(net.weight, net2.weight)
-    loaded_ema = ck.load_tensors(str(tmp_path), "ema")
+    torch.testing.assert_close(net.weight, net2.weight, rtol=1e-5, atol=1e-6)
+    loaded_ema = resumed.group("ema")
     assert set(loaded_ema) == set(ema) and all(torch.equal(loaded_ema[k], ema[k]) for k in ema)
+    with pytest.raises(ValueError, match=r"\(seed: 0 -> 1\).*--resume-with-changed-config"):
+        ck.load(str(tmp_path), Namespace(**{**vars(args), "seed": 1}))
 
 
 def test_missing_checkpoint_is_reported(tmp_path):
     from experiments.shapeworld_models.train_model import load_pipeline_from_checkpoint
 
     assert ck.read_state(str(tmp_path)) is None
-    with pytest.raises(ValueError, match="state.json"):
+    with pytest.raises(ValueError, match="no checkpoint in .*train first"):
         load_pipeline_from_checkpoint(str(tmp_path))
+    (tmp_path / "state.json").write_text("{}")  # a checkpoint of the older layout: refused, never overwritten
+    with pytest.raises(ValueError, match="older layout"):
+        ck.read_state(str(tmp_path))

@@ -1,11 +1,13 @@
 """The SD-format ShapeWorld model (experiments.shapeworld_models.train_model --family sd): shared frozen parts, both prediction
 types' targets, resume equals not stopping, and the exported folder loads as a StableDiffusionPipeline."""
 
+import os
 from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
+from helpers import KILL_CHAIN, Killed, killed_during_save
 
 from experiments.shapeworld_models import checkpoint as ck
 from experiments.shapeworld_models.train_model import main as train_main
@@ -17,7 +19,7 @@ QUICK = ["--family", "sd", "--batch", "2", "--threads", "1", "--max-minutes", "1
 
 
 def _unet_weights(folder):
-    return {k: v for k, v in ck.load_tensors(folder, "model").items() if k.startswith("unet.")}
+    return {k: v for k, v in ck.load(folder).group("model").items() if k.startswith("unet.")}
 
 
 def test_resume_equals_not_stopping_and_the_export_loads(tmp_path):
@@ -55,6 +57,26 @@ def test_resume_equals_not_stopping_and_the_export_loads(tmp_path):
         "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
     ).images
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_a_run_killed_at_every_point_of_a_checkpoint_save_ends_like_an_uninterrupted_one(tmp_path):
+    """A checkpoint after every step (--ckpt-minutes 0), one kill at each point of a save (helpers.KILL_CHAIN), each
+    rerun resuming the last: the final weights are the uninterrupted run's; a changed flag is refused."""
+    quick = [*QUICK, "--ckpt-minutes", "0", "--max-steps", "2", "--eval-minutes", "0"]
+    straight, run = str(tmp_path / "straight"), str(tmp_path / "run")
+    train_main([*quick, "--ckpt", straight, "--out", str(tmp_path / "out")])
+    start = 0
+    for point, resumes_at in KILL_CHAIN:
+        assert (ck.read_state(run) or {"step": 0})["step"] == start
+        with killed_during_save(point), pytest.raises(Killed):
+            train_main([*quick, "--ckpt", run, "--out", str(tmp_path / "out_run")])
+        start = resumes_at
+    with pytest.raises(ValueError, match=r"\(lr: 0.001 -> 0.002\).*--resume-with-changed-config"):
+        train_main([*quick, "--ckpt", run, "--out", str(tmp_path / "out_run"), "--lr", "2e-3"])
+    train_main([*quick, "--ckpt", run, "--out", str(tmp_path / "out_run")])
+    a, b = _unet_weights(straight), _unet_weights(run)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert ck.read_state(run)["step"] == 2 and sorted(os.listdir(run)) == ["checkpoint"]
 
 
 def test_diffusion_targets_match_the_schedule():
