@@ -53,7 +53,7 @@ def view_weights(
     azimuth: float,
     elevation: float = 0.0,
     scheme: str = "threestudio",
-    overhead_elevation: float = 60.0,
+    overhead_elevation: float | None = None,
     negative_w: float = 2.0,
     front_decay: float = 2.0,
     side_decay: float = 10.0,
@@ -62,13 +62,21 @@ def view_weights(
 
     ``threestudio``: |a| < 90: r = 1 - |a|/90, positive r*front + (1-r)*side, negatives front f_fs(r), side f_sf(1-r);
     |a| >= 90: r = 2 - |a|/90, positive r*side + (1-r)*back, negatives side f_sb(r), front f_fsb(r);
-    elevation above ``overhead_elevation``: the overhead prompt alone, no negatives.
-    ``stable-dreamfusion``: exponential gates exp(-front_decay r), exp(-side_decay (1-r)) times ``negative_w``
-    (its -2 written as a positive weight under this library's sign convention).
+    ``stable-dreamfusion``: |a| < 90: r = 1 - |a|/90, negatives front exp(-front_decay r) w (0 where r > 0.8), side
+    exp(-side_decay (1-r)) w (0 where r < 0.2); |a| >= 90: r = 2 - |a|/90, negatives side exp(-side_decay r) w / 2
+    (0 where r > 0.8) and front w, with w = ``negative_w`` (its -2 written as a positive weight under this library's
+    sign convention).
+    ``overhead_elevation``: above this elevation the overhead prompt alone, no negatives. Default (None): 60 degrees
+    for ``threestudio``, which has this rule; off for ``stable-dreamfusion``, whose published scheme ignores the
+    elevation. Give a number to apply the rule to either scheme, or ``math.inf`` to turn it off.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme = {scheme!r} is not known; choose one of {SCHEMES}")
     azimuth, elevation = _check_angles(azimuth, elevation)
+    if overhead_elevation is None:
+        overhead_elevation = 60.0 if scheme == "threestudio" else math.inf
+    elif isinstance(overhead_elevation, bool) or not isinstance(overhead_elevation, (int, float)):
+        raise TypeError(f"overhead_elevation = {overhead_elevation!r} must be a number of degrees or None")
     if elevation > overhead_elevation:
         return ViewWeights({"overhead": 1.0}, {})
     a = abs(azimuth)
@@ -96,7 +104,7 @@ def view_weights(
             r = 2.0 - a / 90.0
             pos = {"side": r, "back": 1.0 - r}
             neg = {
-                "side": 0.0 if r > 0.8 else math.exp(-r * front_decay) * negative_w / 2.0,
+                "side": 0.0 if r > 0.8 else math.exp(-r * side_decay) * negative_w / 2.0,
                 "front": negative_w,
             }
     # the decays cross zero only by rounding (f_fs(1) = 1.2e-4): clamp so weights stay valid Perp-Neg weights

@@ -130,6 +130,11 @@ class NegToMeHandle:
         )
         if self.images is not None and vae is None:
             raise ValueError("reference images need the pipeline's VAE to encode them")
+        if self.masks is not None and self.settings.legacy_matching:
+            raise ValueError(
+                "legacy_matching reproduces the reference code's unmasked matching and would ignore reference_masks: "
+                "drop the masks or set legacy_matching=False"
+            )
         if self.images is not None and self.settings.legacy_matching and self.images.shape[0] != 1:
             raise ValueError("legacy_matching compares with one reference image; give one or set legacy_matching=False")
         self.state = _StepState()

@@ -23,6 +23,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from negguide.core.call_checks import check_call
 from negguide.core.families import (
     call_defaults,
     check_shared_embeds,
@@ -283,7 +284,10 @@ class PerpNegPipeline(DiffusionPipeline):
             )
         if (prompt is None) == (kwargs.get("prompt_embeds") is None):
             raise ValueError("give exactly one of prompt and prompt_embeds")
-        return {"prompt": prompt, **kwargs}
+        call = {"prompt": prompt, **kwargs}
+        denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
+        check_call(self.family, call, getattr(denoiser, "dtype", None))
+        return call
 
 
 def _make_plan(settings: PerpNegSettings, cfg_on: bool):

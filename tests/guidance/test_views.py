@@ -70,3 +70,38 @@ def test_blend_and_sds_gradient():
     weights = torch.tensor([[0.5, 2.0]])  # per camera
     grad = sds_gradient(noise, u, pos, 100.0, [neg], weights, weighting=torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(grad[1:], 0.5 * (perp_neg_combine(u[1:], pos[1:], 100.0, [neg[1:]], [2.0]) - noise[1:]))
+
+
+def _published_stable_dreamfusion(azimuth: float, negative_w: float, front_decay: float, side_decay: float) -> dict:
+    """The stable-dreamfusion scheme as its public code computes it (azimuth in [-180, 180], signed negative_w < 0,
+    weights applied with a plus sign; the elevation is not used): {view: weight}, transcribed for this test."""
+    if -90 <= azimuth < 90:
+        r = 1 - azimuth / 90 if azimuth >= 0 else 1 + azimuth / 90
+        front = 0.0 if r > 0.8 else math.exp(-r * front_decay) * negative_w
+        side = 0.0 if r < 0.2 else math.exp(-(1 - r) * side_decay) * negative_w
+        return {"front": front, "side": side}
+    r = 1 - (azimuth - 90) / 90 if azimuth >= 0 else 1 + (azimuth + 90) / 90
+    side = 0.0 if r > 0.8 else math.exp(-r * side_decay) * negative_w / 2
+    return {"side": side, "front": negative_w}
+
+
+@pytest.mark.parametrize("front_decay, side_decay, negative_w", [(2.0, 10.0, -2.0), (1.0, 3.0, -1.5), (4.0, 0.5, -3.0)])
+def test_stable_dreamfusion_matches_its_published_scheme(front_decay, side_decay, negative_w):
+    for azimuth in [a + 0.5 for a in range(-180, 180, 7)]:
+        for elevation in (0.0, 75.0):  # the published scheme has no overhead rule
+            got = view_weights(
+                azimuth, elevation, "stable-dreamfusion", None, -negative_w, front_decay, side_decay
+            ).negative_weights
+            want = {
+                k: -v for k, v in _published_stable_dreamfusion(azimuth, negative_w, front_decay, side_decay).items()
+            }
+            assert got == pytest.approx(want, abs=1e-12), (azimuth, elevation)
+
+
+def test_the_overhead_rule_is_an_explicit_option():
+    assert view_weights(30.0, 75.0).negative_weights == {}  # threestudio: overhead above 60 degrees by default
+    assert view_weights(30.0, 75.0, overhead_elevation=math.inf).negative_weights != {}
+    assert view_weights(30.0, 75.0, "stable-dreamfusion").positive_blend != {"overhead": 1.0}
+    assert view_weights(30.0, 75.0, "stable-dreamfusion", overhead_elevation=60.0).negative_weights == {}
+    with pytest.raises(TypeError, match="overhead_elevation"):
+        view_weights(30.0, 75.0, overhead_elevation="high")

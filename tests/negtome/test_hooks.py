@@ -10,6 +10,7 @@ from helpers import ForwardCounter, call_kwargs, get_tiny
 
 from negguide.negtome import NegToMePipeline, NegToMeSettings, apply, remove
 from negguide.negtome.hooks import noise_level
+from negguide.negtome.merge import negative_merge
 from negguide.perpneg.pipeline import PerpNegPipeline
 
 ALL_STEPS = dict(window=(0.0, 1.0), min_feature_size=0)
@@ -248,6 +249,24 @@ def test_reference_mask_limits_the_reference_tokens():
             outs.append(pipe("a red circle", **_kwargs("sd")).images)
     assert torch.equal(outs[0], outs[1]), "a full mask equals no mask"
     assert not torch.equal(outs[0], outs[2]), "a partial mask changes which tokens can match"
+
+
+def test_legacy_matching_refuses_a_reference_mask_before_any_compute():
+    pipe = get_tiny("sd")
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    settings = NegToMeSettings(legacy_matching=True, batch_reference="first", **ALL_STEPS)
+    counter = ForwardCounter(_denoiser(pipe))
+    try:
+        with pytest.raises(ValueError, match="would ignore reference_masks"):
+            with apply(pipe, settings, reference_images=[image], reference_masks=[torch.ones(32, 32)]):
+                pipe("a red circle", **_kwargs("sd"))
+    finally:
+        counter.remove()
+    assert counter.calls == 0 and not _denoiser(pipe)._forward_hooks
+    with pytest.raises(ValueError, match="legacy_matching has no reference mask"):
+        negative_merge(
+            torch.randn(4, 8), torch.randn(4, 8), 1.0, 0.0, valid=torch.ones(4, dtype=torch.bool), legacy_matching=True
+        )
 
 
 def test_torch_compiled_denoiser_gives_the_same_images():

@@ -3,7 +3,7 @@
 Gradients come from torch.autograd and are compared with the closed forms derived in the comments. Notation:
 d = v_theta - v_old, e = (x_t - s v_old) - x0 (the old policy's x0 error), n = elements per sample, B = batch size,
 m(x) = mean|x| per sample. The adaptive weights are stop-gradient, so with a = s beta d:
-    dLoss/dv_theta = s / (B n) * [ -2 r (e - a) / w+  +  2 (1 - r) (e + a) / w- ],   w+- = m(e -+ a) + eps.
+    dLoss/dv_theta = s / (B n) * [ -2 r (e - a) / w+  +  2 (1 - r) (e + a) / w- ],   w+- = max(m(e -+ a), eps).
 """
 
 from __future__ import annotations
@@ -233,15 +233,15 @@ def test_r_half_no_gradient_at_old_policy(seed, beta):
 @FAST
 @given(st.integers(0, 10_000), st.floats(0.05, 1.0))
 def test_r_half_pulls_only_toward_old_policy(seed, beta):
-    # When the adaptive weights agree (here: the old policy reconstructs x0, e = 0, so w+ = w- = s beta m(d) + eps),
-    # the gradient is exactly c * (v_theta - v_old) with c = 2 s^2 beta / (B n (s beta m(d) + eps)) > 0 per sample,
+    # When the adaptive weights agree (here: the old policy reconstructs x0, e = 0, so w+ = w- = max(s beta m(d), eps)),
+    # the gradient is exactly c * (v_theta - v_old) with c = 2 s^2 beta / (B n max(s beta m(d), eps)) > 0 per sample,
     # and a gradient step shrinks ||v_theta - v_old||.
     x0, x_t, s, v, v_old, _ = batch(seed)
     x0 = x_t - s.view(-1, 1, 1, 1) * v_old
     half = torch.full((3,), 0.5, dtype=torch.float64)
     g = grad_of(nft_loss(x0, x_t, s, v, v_old, None, half, beta=beta, kl_weight=0)[0], v)
     d = (v - v_old).detach()
-    c = 2 * s**2 * beta / (3 * N * (s * beta * d.abs().flatten(1).mean(1) + 1e-5))
+    c = 2 * s**2 * beta / (3 * N * (s * beta * d.abs().flatten(1).mean(1)).clamp(min=1e-5))
     torch.testing.assert_close(g, c.view(-1, 1, 1, 1) * d)
     stepped = v.detach() - 0.1 / c.max() * g
     assert ((stepped - v_old).flatten(1).norm(dim=1) < d.flatten(1).norm(dim=1)).all()
@@ -263,7 +263,7 @@ def test_r_half_is_neutral_about_old_policy(seed, beta):
 
 def test_r_half_flat_along_old_error():
     # A finding of the adaptive weighting (documented, not a bug of this code): with a = s beta d = c e, |c| < 1,
-    # w+- = (1 -+ c) m(e) + eps, so L+- = (1 -+ c) m(e) up to eps, whose sum is flat in c: the r = 0.5 gradient
+    # w+- = max((1 -+ c) m(e), eps), so L+- = (1 -+ c) m(e) up to eps, whose sum is flat in c: the r = 0.5 gradient
     # vanishes there (to O(eps)) instead of pulling v_theta back to v_old along the old policy's error direction.
     x0, x_t, s, _, v_old, _ = batch(1)
     sv = s.view(-1, 1, 1, 1)
@@ -277,14 +277,14 @@ def test_r_half_flat_along_old_error():
 @FAST
 @given(st.integers(0, 10_000), st.floats(0, 1), st.floats(0.05, 1.0))
 def test_gradient_at_old_policy_follows_r(seed, r_value, beta):
-    # At v_theta = v_old: dLoss/dv_theta = (1 - 2r) * 2 s e / (B n (m(e) + eps)), independent of beta.
+    # At v_theta = v_old: dLoss/dv_theta = (1 - 2r) * 2 s e / (B n max(m(e), eps)), independent of beta.
     x0, x_t, s, _, v_old, _ = batch(seed)
     v = v_old.clone().requires_grad_(True)
     r = torch.full((3,), r_value, dtype=torch.float64)
     g = grad_of(nft_loss(x0, x_t, s, v, v_old, None, r, beta=beta, kl_weight=0)[0], v)
     sv = s.view(-1, 1, 1, 1)
     e = x_t - sv * v_old - x0
-    expected = (1 - 2 * r_value) * 2 * sv * e / (3 * N * (e.abs().flatten(1).mean(1).view(-1, 1, 1, 1) + 1e-5))
+    expected = (1 - 2 * r_value) * 2 * sv * e / (3 * N * e.abs().flatten(1).mean(1).view(-1, 1, 1, 1).clamp(min=1e-5))
     torch.testing.assert_close(g, expected)
 
 
@@ -414,3 +414,12 @@ def test_loss_has_no_graph_breaks():
     torch.testing.assert_close(loss, nft_loss(x0, x_t, s, v, v_old, v_ref, r, beta=0.5)[0])
     loss, _ = torch.compile(nft_loss_x0, backend="eager", fullgraph=True)(x0, v, v_old, v_ref, r, kl_scale=s)
     torch.testing.assert_close(loss, nft_loss_x0(x0, v, v_old, v_ref, r, kl_scale=s)[0])
+
+
+def test_adaptive_weight_is_floored_at_eps_as_the_reference_does():
+    """The reference code clamps the adaptive weight at 1e-5 (max(mean|e|, eps)); adding eps differs for tiny errors."""
+    x0 = torch.zeros(2, 4, dtype=torch.float64)
+    tiny = torch.full((2, 4), 2e-6, dtype=torch.float64)  # mean|e| = 2e-6 < eps: the floor decides
+    torch.testing.assert_close(adaptive_x0_loss(tiny, x0), torch.full((2,), (2e-6) ** 2 / 1e-5, dtype=torch.float64))
+    big = torch.full((2, 4), 0.5, dtype=torch.float64)  # mean|e| > eps: L = mean(e^2) / mean|e| = 0.5 exactly
+    torch.testing.assert_close(adaptive_x0_loss(big, x0), torch.full((2,), 0.5, dtype=torch.float64))
