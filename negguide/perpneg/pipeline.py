@@ -11,7 +11,10 @@ Perp-Neg combiner guides. Load it like any pipeline::
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,9 +38,21 @@ from negguide.core.families import (
 from negguide.core.multibranch import POSITIVE, MultiBranchDenoiser, check_conditioning
 from negguide.guidance.combine import cfg_combine, perp_neg_combine, plain_negative_combine
 from negguide.guidance.windows import is_active
+from negguide.nag.settings import NAGSettings
 from negguide.perpneg.settings import PerpNegSettings
 
 UNCOND = "uncond"
+NEGATIVE_MODES = ("auto", "cfg", "nag", "both")
+#: set ``pipe.negguide_cfg_free = True`` (on the PerpNegPipeline or on its denoiser) for a model meant to run
+#: without CFG (few-step, distilled, DiffusionNFT-trained): ``negative_mode="auto"`` then sends negatives to NAG
+#: even when a CFG scale above 1 is given.
+CFG_FREE_ATTR = "negguide_cfg_free"
+
+
+class NegativeIgnoredWarning(UserWarning):
+    """Negatives were given but, with this call's settings, neither CFG-based guidance nor NAG can use them."""
+
+
 COMPONENT_NAMES = (
     "vae",
     "text_encoder",
@@ -164,6 +179,8 @@ class PerpNegPipeline(DiffusionPipeline):
         negtome=None,
         negtome_reference_images=None,
         negtome_reference_masks=None,
+        negative_mode: str = "auto",
+        nag: NAGSettings | None = None,
         **kwargs: Any,
     ):
         """Generate. All arguments of the family's diffusers pipeline are accepted with their usual meaning.
@@ -177,7 +194,23 @@ class PerpNegPipeline(DiffusionPipeline):
             negtome: a :class:`~negguide.negtome.NegToMeSettings` to run negative token merging in the same call
                 (each branch is its own group: negative prompts' rows are never references for the images).
             negtome_reference_images, negtome_reference_masks: NegToMe's reference mode (images to move away from).
+            negative_mode: where ``negatives`` act. ``"auto"`` (default): CFG-based guidance (Perp-Neg or plain)
+                where CFG is on, NAG (normalized attention guidance) where it is off: ``guidance_scale <= 1``
+                (SD/SDXL/SD3), Flux without true CFG (``true_cfg_scale <= 1``, or neither ``negative_prompt`` nor
+                ``negatives``: :meth:`FamilyAdapter.cfg_enabled`), or a pipeline flagged
+                ``pipe.negguide_cfg_free = True``. ``"cfg"``: CFG-based only; ``"nag"``: NAG only (CFG, if on,
+                stays plain CFG); ``"both"``: both. A negative that can act on neither path warns
+                (:class:`NegativeIgnoredWarning`).
+            nag: a :class:`~negguide.nag.NAGSettings` with NAG's tau/alpha/mode/blocks/weights (default: the
+                family's); its ``negatives``, if any, replace ``negatives`` on the NAG path. NAG weights are
+                NAG's scale ``s`` (``nag.negative_weights``, family default 2-4), not ``negative_weights`` (whose 0
+                still switches a negative off on both paths); ``negative_windows`` apply to both paths unless
+                ``nag.negative_windows`` is given.
         """
+        if negative_mode not in NEGATIVE_MODES:
+            raise ValueError(f"negative_mode = {negative_mode!r}; choose one of {list(NEGATIVE_MODES)}")
+        if nag is not None and not isinstance(nag, NAGSettings):
+            raise TypeError(f"nag must be a NAGSettings, got {type(nag).__name__}")
         settings = PerpNegSettings(
             negatives=negatives,
             negative_weights=negative_weights,
@@ -189,6 +222,7 @@ class PerpNegPipeline(DiffusionPipeline):
         )
         inner = self.family_pipeline()
         call = self._check_call(inner, prompt, kwargs)
+        settings, nag_settings = self._route(inner, call, settings, negative_mode, nag)
         denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
         if getattr(denoiser, "_negguide_negtome", None) is not None:
             raise ValueError(
@@ -197,7 +231,7 @@ class PerpNegPipeline(DiffusionPipeline):
         if negtome is None:
             if negtome_reference_images is not None or negtome_reference_masks is not None:
                 raise ValueError("negtome_reference_images need negtome=NegToMeSettings(...) as well")
-            return self._generate(inner, call, settings)
+            return self._generate(inner, call, settings, nag_settings)
         from negguide.negtome.hooks import NegToMeHandle
 
         images = self._images_per_branch(call)
@@ -215,7 +249,64 @@ class PerpNegPipeline(DiffusionPipeline):
         if call.get("height") and call.get("width"):
             handle.check_size(call["height"], call["width"])
         with handle:
-            return self._generate(inner, call, settings)
+            return self._generate(inner, call, settings, nag_settings)
+
+    # ------------------------------------------------------------------ negative routing (CFG-based vs NAG)
+    def _scale(self, inner, call: dict) -> float:
+        adapter = get_adapter(self.family)
+        scale = call.get(adapter.scale_argument, call_defaults(inner).get(adapter.scale_argument))
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"{adapter.scale_argument} = {scale!r} must be a finite number")
+        return scale
+
+    def cfg_free(self) -> bool:
+        """Whether this pipeline (or its denoiser) is flagged ``negguide_cfg_free = True``."""
+        denoiser = getattr(self, get_adapter(self.family).denoiser_attr, None)
+        return bool(getattr(self, CFG_FREE_ATTR, False) or getattr(denoiser, CFG_FREE_ATTR, False))
+
+    def _route(self, inner, call: dict, settings: PerpNegSettings, mode: str, nag: NAGSettings | None):
+        """(Perp-Neg settings, NAG settings or None) for this call's ``negative_mode``; warns where negatives
+        would have no effect."""
+        adapter = get_adapter(self.family)
+        scale = self._scale(inner, call)
+        cfg_on = adapter.cfg_enabled(call, scale, has_negatives=any(w > 0 for w in settings.negative_weights))
+        if mode == "auto":
+            mode = "cfg" if cfg_on and not self.cfg_free() else "nag"
+        # NAG takes the negatives whose (Perp-Neg) weight is not 0: weight 0 switches a negative off on both paths
+        kept = [i for i, w in enumerate(settings.negative_weights) if w > 0]
+        own = nag is not None and bool(nag.negatives)
+        nag_negatives = list(nag.negatives) if own else [settings.negatives[i] for i in kept]
+        nag_windows = [settings.negative_windows[i] for i in kept]
+        if mode == "cfg":
+            if nag is not None and nag.negatives:
+                raise ValueError("nag.negatives need negative_mode='nag', 'both' or 'auto' (CFG off)")
+            if settings.negatives and any(w > 0 for w in settings.negative_weights) and scale <= 0:
+                _warn(
+                    f"{adapter.scale_argument} = {scale} multiplies the CFG-based guidance by 0: the negatives "
+                    f"{settings.negatives} have no effect; use negative_mode='nag' (or 'auto') or "
+                    f"{adapter.scale_argument} > 1"
+                )
+            return settings, None
+        if mode == "nag":  # the negatives leave the CFG path (extra positives stay)
+            settings = replace(settings, negatives=[], negative_weights=[], negative_windows=[])
+        if not nag_negatives:
+            return settings, None
+        base = nag or NAGSettings()
+        weights = base.negative_weights
+        if weights is not None and len(weights) == 1 and len(nag_negatives) > 1 and not base.negatives:
+            weights = weights * len(nag_negatives)
+        windows = base.negative_windows
+        if windows is None and not own:
+            windows = nag_windows
+        return settings, replace(base, negatives=nag_negatives, negative_weights=weights, negative_windows=windows)
+
+    def _nag_handle(self, inner, call: dict, nag_settings: NAGSettings, rows):
+        from negguide.nag.hooks import NAGHandle, NAGProgress, encode_negatives
+
+        options = {k: call[k] for k in ("clip_skip", "max_sequence_length") if call.get(k) is not None}
+        contexts = encode_negatives(inner, self.family, nag_settings.negatives, options)
+        denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
+        return NAGHandle(denoiser, self.family, nag_settings, contexts, rows, NAGProgress(scheduler=inner.scheduler))
 
     @staticmethod
     def _batch_size(call: dict) -> int:
@@ -225,15 +316,16 @@ class PerpNegPipeline(DiffusionPipeline):
     def _images_per_branch(self, call: dict) -> int:
         return self._batch_size(call) * (call.get("num_images_per_prompt", 1) or 1)
 
-    def _generate(self, inner, call: dict, settings: PerpNegSettings):
+    def _generate(self, inner, call: dict, settings: PerpNegSettings, nag_settings: NAGSettings | None = None):
         adapter = get_adapter(self.family)
-        scale = call.get(adapter.scale_argument, call_defaults(inner).get(adapter.scale_argument))
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"{adapter.scale_argument} = {scale!r} must be a finite number")
+        scale = self._scale(inner, call)
         cfg_on = adapter.cfg_enabled(call, scale, has_negatives=not settings.is_noop)
         if settings.is_noop and not cfg_on:
             self.step_records = []
-            return inner(**call)  # nothing to guide: the plain diffusers call
+            if nag_settings is None:
+                return inner(**call)  # nothing to guide: the plain diffusers call
+            with self._nag_handle(inner, call, nag_settings, None):  # no CFG inside: every row is guided
+                return inner(**call)
         for name in UNSUPPORTED_WITH_BRANCHES:
             if call.get(name) is not None:
                 raise ValueError(f"{name} is not supported by PerpNegPipeline yet; call the diffusers pipeline for it")
@@ -266,7 +358,17 @@ class PerpNegPipeline(DiffusionPipeline):
             combine,
             num_steps=lambda: getattr(inner, "_num_timesteps", None) or len(inner.scheduler.timesteps),
         )
-        with hook:
+        nag_handle = contextlib.nullcontext()
+        if nag_settings is not None:
+
+            def rows(total: int) -> slice:  # NAG guides the positive branch's rows of the batched step
+                names = hook._pending[-1][0] if hook._pending else [POSITIVE]
+                count = total // len(names)
+                index = names.index(POSITIVE)
+                return slice(index * count, (index + 1) * count)
+
+            nag_handle = self._nag_handle(inner, call, nag_settings, rows)
+        with hook, nag_handle:
             output = inner(**{**call, **adapter.inner_overrides(call)})
         self.step_records = hook.records
         return output
@@ -280,7 +382,7 @@ class PerpNegPipeline(DiffusionPipeline):
         if unknown:
             raise TypeError(
                 f"{type(inner).__name__} does not take {unknown}; negguide adds negatives, negative_weights, "
-                f"negative_windows, positives, positive_weights, guidance_mode and perp_neg_eps"
+                f"negative_windows, positives, positive_weights, guidance_mode, perp_neg_eps, negative_mode and nag"
             )
         if (prompt is None) == (kwargs.get("prompt_embeds") is None):
             raise ValueError("give exactly one of prompt and prompt_embeds")
@@ -340,3 +442,7 @@ def _make_combiner(settings: PerpNegSettings, scale: float, guidance_rescale: fl
         return guided
 
     return combine
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, NegativeIgnoredWarning, stacklevel=4)
