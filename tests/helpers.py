@@ -141,3 +141,22 @@ def killed_during_save(point):
         mock.patch("shutil.rmtree", rmtree),
     ):
         yield
+
+
+def check_kill_chain(make_trainer, result, want: dict, history: list, folder: Path) -> None:
+    """Kill a 2-step trainer at every point of its checkpoint saves (KILL_CHAIN), rerunning after each kill: every
+    rerun resumes where the last kill left it, and the final run equals the uninterrupted one (``want``, ``history``)."""
+    import pytest
+
+    start = 0
+    for point, resumes_at in KILL_CHAIN:  # each rerun resumes what the last kill left
+        run = make_trainer()
+        assert run.step == start and run.history == history[:start]
+        with killed_during_save(point), pytest.raises(Killed):
+            run.train(progress=False)
+        start = resumes_at
+    resumed = make_trainer()
+    assert resumed.step == 2 and sorted(os.listdir(folder / "checkpoint.old"))  # the last kill's leftover
+    resumed.train(progress=False)
+    torch.testing.assert_close(result(resumed), want, rtol=1e-5, atol=1e-6)
+    assert [h["reward"] for h in resumed.history] == pytest.approx([h["reward"] for h in history], rel=1e-5)

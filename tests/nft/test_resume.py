@@ -10,8 +10,7 @@ import os
 import warnings
 
 import pytest
-import torch
-from helpers import KILL_CHAIN, Killed, killed_during_save
+from helpers import check_kill_chain
 
 from negguide.core.checkpoint import CheckpointError
 from negguide.nft import NFTConfig, NFTTrainer
@@ -61,19 +60,7 @@ def uninterrupted() -> tuple:
 
 
 def test_a_run_killed_at_every_point_of_a_checkpoint_save_ends_like_an_uninterrupted_one(tmp_path):
-    want, history = uninterrupted()
-    start = 0
-    for point, resumes_at in KILL_CHAIN:  # each rerun resumes what the last kill left
-        run = trainer(tmp_path)
-        assert run.step == start and run.history == history[:start]
-        with killed_during_save(point), pytest.raises(Killed):
-            run.train(progress=False)
-        start = resumes_at
-    resumed = trainer(tmp_path)
-    assert resumed.step == 2 and sorted(os.listdir(tmp_path / "checkpoint.old"))  # the last kill's leftover
-    resumed.train(progress=False)
-    torch.testing.assert_close(result(resumed), want, rtol=1e-5, atol=1e-6)
-    assert [h["reward"] for h in resumed.history] == pytest.approx([h["reward"] for h in history], rel=1e-5)
+    check_kill_chain(lambda: trainer(tmp_path), result, *uninterrupted(), tmp_path)
 
 
 @pytest.fixture(scope="module")
