@@ -6,21 +6,29 @@
     python demos/app.py --no-example              # the same, without the example comparison filled in
 
 The generation logic lives in ``negguide.cli.generation`` (shared with ``negguide generate``); this file only builds the
-page. The model is loaded once; one generation runs at a time (the queue holds at most --queue-size requests).
+page. The model is loaded once; one generation runs at a time (the queue holds at most --queue-size requests; the
+API goes through it, and a lock around each request restores the pipeline after it: ``negguide.cli.demo_state``).
+Clients upload files (at most --max-upload-mb, images at most 16.8 megapixels) or choose the bundled embeddings and
+LoRAs and those of the operator's --allow-dir folders; they never name a server path (``negguide.cli.demo_security``).
 """
 
 from __future__ import annotations
 
+import atexit
+import inspect
 import logging
 import os
 import socket
 import sys
+import uuid
 
 import gradio as gr
 
+from negguide.cli import demo_gradio as dg
+from negguide.cli import demo_security as sec
 from negguide.cli import generation as gen
-from negguide.cli import inputs as gen_inputs
-from negguide.cli.demo import QUEUE_SIZE, build_parser
+from negguide.cli.demo import MAX_UPLOAD_MB, QUEUE_SIZE, build_parser
+from negguide.cli.demo_state import exclusive
 from negguide.cli.errors import user_input
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
@@ -28,6 +36,7 @@ from negguide.perpneg.settings import PerpNegSettings
 ROWS = 3  # negative prompts in the form (the API and CLI take up to gen.MAX_NEGATIVES)
 DISPLAY_PIXELS = 192  # gallery images are scaled up (nearest neighbour, pixel-exact) to at least this size
 HOST = "127.0.0.1"
+DELETE_CACHE = (600, 3600)  # every 10 minutes, delete uploads and outputs older than an hour (all of them at exit)
 BUNDLED_EXAMPLE = dict(
     prompt="a red shape", negatives=["a red circle"], weight=1.5, methods=["none", "plain", "perp-neg", "negtome"]
 )
@@ -36,14 +45,7 @@ SHAPEWORLD_HELP = (
     "square, triangle (e.g. 'a red circle to the left of a blue square')."
 )
 log = logging.getLogger("negguide.demo")
-
-
-def _error(message: str) -> gr.Error:
-    """A gr.Error for the page (no traceback on the server log either: it is the user's input)."""
-    try:
-        return gr.Error(message, print_exception=False)
-    except TypeError:  # gradio releases before print_exception
-        return gr.Error(message)
+sec.install_pixel_guard()  # PIL refuses decompression bombs in this process, whichever decoder opens them
 
 
 def _slider(spec: dict, label: str, value=None, **kwargs) -> gr.Slider:
@@ -59,101 +61,87 @@ def _display(image, pixels: int = DISPLAY_PIXELS):
     return image if zoom == 1 else image.resize((image.width * zoom, image.height * zoom), 0)  # 0 = NEAREST
 
 
-def make_handler(pipe):
-    """The generate function of the page (and of the API endpoint /generate)."""
+def _labelled(image, text: str, request_id: str):
+    """A copy carrying PNG text: what made it, and the request it answers. gradio caches an output under the hash
+    of its bytes and rewrites that file in place, so two requests with equal pixels would share (and, downloaded
+    while the second one writes, truncate) one file; the request id keeps every response's files its own."""
+    image = image.copy()
+    image.info.update({"negguide": text, "negguide-request": request_id})
+    return image
+
+
+def make_handler(pipe, allow: sec.AllowList | None = None):
+    """The generate function of the page (and of the API endpoint /generate): every value is checked by
+    ``demo_security.request_from_form``; the generation holds the pipeline for the whole request."""
+    allow = allow if allow is not None else sec.AllowList.build(pipe)
 
     def generate(
-        prompt,
-        methods,
-        seed,
-        steps,
-        size,
-        batch,
-        guidance_scale,
-        negative_1,
-        weight_1,
-        start_1,
-        end_1,
-        negative_2,
-        weight_2,
-        start_2,
-        end_2,
-        negative_3,
-        weight_3,
-        start_3,
-        end_3,
-        with_negatives,
-        reference,
-        reference_mask,
-        reneg_path,
-        lora_path,
-        lora_scale,
-        negtome_custom,
-        negtome_alpha,
-        negtome_threshold,
-        negtome_low,
-        negtome_high,
+        prompt=None,
+        methods=None,
+        seed=None,
+        steps=None,
+        size=None,
+        batch=None,
+        guidance_scale=None,
+        negative_1=None,
+        weight_1=None,
+        start_1=None,
+        end_1=None,
+        negative_2=None,
+        weight_2=None,
+        start_2=None,
+        end_2=None,
+        negative_3=None,
+        weight_3=None,
+        start_3=None,
+        end_3=None,
+        with_negatives=None,
+        reference=None,
+        reference_mask=None,
+        reneg_choice=None,
+        reneg_file=None,
+        lora_choice=None,
+        lora_file=None,
+        lora_scale=None,
+        negtome_custom=None,
+        negtome_alpha=None,
+        negtome_threshold=None,
+        negtome_low=None,
+        negtome_high=None,
         progress=gr.Progress(),
     ):
-        rows = [
-            (negative_1, weight_1, start_1, end_1),
-            (negative_2, weight_2, start_2, end_2),
-            (negative_3, weight_3, start_3, end_3),
-        ]
-        rows = [(t.strip(), w, (s, e)) for t, w, s, e in rows if isinstance(t, str) and t.strip()]
+        form = {k: v for k, v in locals().items() if k in INPUTS}  # all default to None: optional in gradio_client
+        names = allow.names()
         try:
-            request = gen.GenerateRequest(
-                prompt=prompt or "",
-                methods=tuple(methods or ()),
-                perp_neg=PerpNegSettings(
-                    negatives=[r[0] for r in rows],
-                    negative_weights=[r[1] for r in rows],
-                    negative_windows=[r[2] for r in rows],
-                ),
-                sampling=gen.SamplingSettings(
-                    seed=_int(seed),
-                    steps=_int(steps),
-                    height=_int(size),
-                    width=_int(size),
-                    batch=_int(batch),
-                    guidance_scale=guidance_scale,
-                ),
-                negtome_overrides=dict(
-                    alpha=negtome_alpha, threshold=negtome_threshold, window=(negtome_low, negtome_high)
-                )
-                if negtome_custom
-                else {},
-                reference_image=reference,
-                reference_mask=reference_mask,
-                reneg=(reneg_path or "").strip() or None,
-                lora=(lora_path or "").strip() or None,
-                lora_scale=lora_scale,
-                with_negatives=bool(with_negatives),
-            )
-            progress(0.0, desc="starting")
-            return outputs(pipe, request, lambda fraction, text: progress(fraction, desc=text))
+            request, names = sec.request_from_form(form, allow, ROWS)
+            with exclusive(pipe):  # the queue runs one request at a time; this holds for any other path too
+                progress(0.0, desc="starting")
+                return outputs(pipe, request, lambda fraction, text: progress(fraction, desc=text))
         except (ValueError, TypeError) as error:
-            raise _error(gen.one_line(error)) from None
+            raise dg.error(sec.client_message(error, names)) from None
         except Exception as error:  # a bug or the machine (out of memory): the log gets the traceback, the page a line
             log.exception("generation failed")
-            raise _error(f"generation failed ({type(error).__name__}): {gen.one_line(error, 200)}") from None
+            raise dg.error(
+                f"generation failed ({type(error).__name__}): {sec.client_message(error, names, 200)}"
+            ) from None
 
     return generate
 
 
+INPUTS = tuple(inspect.signature(make_handler(None, sec.AllowList())).parameters)[:-1]  # the form, without progress
+
+
 def outputs(pipe, request, progress=None) -> tuple:
     """(gallery items with the judge's reading as captions, the comparison grid, a Markdown summary)."""
-    results = gen.run(pipe, request, progress=progress)
+    results, request_id = gen.run(pipe, request, progress=progress), uuid.uuid4().hex
+    described = gen.describe(request)
     gallery = [
-        (_display(img), f"{r.method} #{i + 1}" + (f": {r.readings[i]}" if r.readings else ""))
+        (_labelled(_display(img), f"{described}; {r.method} #{i + 1}", request_id), caption)
         for r in results
         for i, img in enumerate(r.images)
+        for caption in [f"{r.method} #{i + 1}" + (f": {r.readings[i]}" if r.readings else "")]
     ]
-    return gallery, gen.grid_image(results, gen.describe(request)), _summary(results)
-
-
-def _int(value):
-    return None if value is None else int(value) if isinstance(value, float) and value.is_integer() else value
+    return gallery, _labelled(gen.grid_image(results, described), described, request_id), _summary(results)
 
 
 def _summary(results) -> str:
@@ -180,10 +168,12 @@ def example_outputs(pipe, example: dict) -> tuple:
     return outputs(pipe, request)
 
 
-def build_app(pipe, run_example: bool | None = None, example: dict | None = None) -> gr.Blocks:
+def build_app(pipe, run_example: bool | None = None, example: dict | None = None, allow_dirs=()) -> gr.Blocks:
     """The page for a loaded pipeline (``negguide.cli.generation.load_pipeline``); ``run_example`` generates the filled-in
     comparison once, at start, so the page opens with its results (default: on for the bundled model, ~2 s).
-    ``example`` replaces fields of the filled-in inputs (prompt, negatives, weight, methods, steps, batch)."""
+    ``example`` replaces fields of the filled-in inputs (prompt, negatives, weight, methods, steps, batch).
+    ``allow_dirs``: folders whose embeddings and LoRAs clients may choose (besides the bundled ones)."""
+    allow = sec.AllowList.build(pipe, allow_dirs)
     d = gen.model_defaults(pipe)
     bundled = d["bundled"]
     sampling, pn, nt = gen.SamplingSettings.field_specs(), PerpNegSettings.field_specs(), NegToMeSettings.field_specs()
@@ -199,10 +189,12 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
     if run_example and not example["prompt"]:
         raise ValueError("--example needs the bundled model (other models start with an empty prompt)")
     shown = example_outputs(pipe, example) if run_example else (None, None, "")
-    with gr.Blocks(title="negguide: negative guidance", analytics_enabled=False) as demo:
+    with dg.GuardedBlocks(
+        title="negguide: negative guidance", analytics_enabled=False, delete_cache=DELETE_CACHE
+    ) as demo:
         gr.Markdown(
             "## negguide: negative guidance, side by side\n"
-            f"Model: **{'the bundled ShapeWorld model (the judge reads every image)' if bundled else pipe.name_or_path}**"
+            f"Model: **{'the bundled ShapeWorld model (the judge reads every image)' if bundled else sec.model_name(pipe)}**"
             f" ({pipe.family}, {d['size']}x{d['size']} px). Every method runs with the same seed."
         )
         with gr.Row():
@@ -256,17 +248,9 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
                     guidance = _slider(sampling["guidance_scale"], "guidance scale", d["guidance_scale"])
                 with gr.Accordion("NegToMe, ReNeg, DiffusionNFT", open=False):
                     with gr.Row():
-                        reference = gr.Image(
-                            _example_reference(pipe, d) if bundled else None,
-                            type="pil",
-                            image_mode="RGB",
-                            label="NegToMe reference image (negtome-reference)",
-                        )
+                        reference = gr.Image(None, type="filepath", label="NegToMe reference image (negtome-reference)")
                         reference_mask = gr.Image(
-                            None,
-                            type="pil",
-                            image_mode="L",
-                            label="reference mask (optional; white = the region to avoid)",
+                            None, type="filepath", label="reference mask (optional; white = the region to avoid)"
                         )
                     negtome_custom = gr.Checkbox(
                         False,
@@ -286,32 +270,24 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
                             "window high",
                             resolved.window[1],
                         )
-                    reneg = gr.Textbox(
-                        _bundled_reneg_path(pipe),
-                        label="ReNeg negative embedding (.safetensors)",
-                        placeholder="runs/reneg/negative_embedding.safetensors (negguide train-reneg)",
-                    )
                     with gr.Row():
-                        lora = gr.Textbox(
-                            _bundled_path(gen_inputs.BUNDLED_NFT_LORA) if bundled else "",
-                            scale=3,
-                            label="DiffusionNFT LoRA (folder or .safetensors)",
-                            placeholder="runs/nft/lora (negguide train-nft)",
-                        )
-                        lora_scale = _slider(gen.GenerateRequest.field_specs()["lora_scale"], "LoRA scale", scale=1)
+                        reneg = dg.choice(allow, "reneg", "ReNeg negative embedding")
+                        reneg_file = dg.upload("... or upload one (.safetensors, from negguide train-reneg)")
+                    with gr.Row():
+                        lora = dg.choice(allow, "lora", "DiffusionNFT LoRA")
+                        lora_file = dg.upload("... or upload one (.safetensors, from negguide train-nft)")
+                        lora_scale = _slider(gen.GenerateRequest.field_specs()["lora_scale"], "LoRA scale")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column(scale=3):
                 grid = gr.Image(
-                    shown[1],
+                    None,
                     label="comparison (one row per method)",
                     show_label=False,
                     type="pil",
                     format="png",
                     interactive=False,
                 )
-                gallery = gr.Gallery(
-                    shown[0], label="images", columns=4, format="png", object_fit="contain", height="auto"
-                )
+                gallery = gr.Gallery(None, label="images", columns=4, format="png", object_fit="contain", height="auto")
                 summary = gr.Markdown(shown[2])
         inputs = [
             prompt,
@@ -326,7 +302,9 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
             reference,
             reference_mask,
             reneg,
+            reneg_file,
             lora,
+            lora_file,
             lora_scale,
             negtome_custom,
             alpha,
@@ -334,8 +312,19 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
             low,
             high,
         ]
-        handler = make_handler(pipe)
-        button.click(handler, inputs, [gallery, grid, summary], api_name="generate")
+        button.click(
+            make_handler(pipe, allow),
+            inputs,
+            [gallery, grid, summary],
+            api_name="generate",
+            preprocess=False,  # the handler reads the raw values itself (demo_security): no decoding before the checks
+            concurrency_limit=1,
+            concurrency_id="pipeline",
+        )
+        initial = [shown[0], shown[1], _example_reference(pipe, d) if bundled else None]
+        if any(value is not None for value in initial):  # sent by the page's load event, not in /config as server paths
+            # no queue round-trip (a plain request); it returns the images made at start and never touches the pipeline
+            demo.load(lambda: initial, None, [gallery, grid, reference], queue=False, **dg.private(demo.load))
     return demo
 
 
@@ -348,20 +337,6 @@ def _example_reference(pipe, defaults):
     return Image.fromarray((array * 255).round().astype("uint8"))
 
 
-def _bundled_reneg_path(pipe) -> str:
-    """The bundled negative embedding of a bundled ShapeWorld model (SD3 or SD), or "" for any other model."""
-    from negguide.shapeworld.assets import BUNDLED_EMBEDDINGS
-
-    path = BUNDLED_EMBEDDINGS.get(getattr(pipe, "negguide_shapeworld", None))
-    return _bundled_path(path) if path else ""
-
-
-def _bundled_path(path: str) -> str:
-    """A bundled asset's path for a default text box, or "" when this checkout does not have it."""
-    path = os.path.normpath(path)
-    return path if os.path.exists(path) else ""
-
-
 def free_port(host: str = HOST) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -369,10 +344,16 @@ def free_port(host: str = HOST) -> int:
 
 
 def serve(
-    demo: gr.Blocks, port: int | None = None, share: bool = False, queue_size: int = QUEUE_SIZE, block: bool = True
+    demo: gr.Blocks,
+    port: int | None = None,
+    share: bool = False,
+    queue_size: int = QUEUE_SIZE,
+    block: bool = True,
+    max_upload_mb: int = MAX_UPLOAD_MB,
 ) -> str:
-    """Queue (one generation at a time, at most ``queue_size`` waiting) and launch on 127.0.0.1; returns the URL."""
-    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    """Queue (one generation at a time, at most ``queue_size`` waiting; the API only through the queue) and launch on
+    127.0.0.1 with uploads capped at ``max_upload_mb``; returns the URL. Uploads are deleted at exit."""
+    demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
     try:
         _, url, share_url = demo.launch(
             server_name=HOST,
@@ -382,12 +363,17 @@ def serve(
             show_error=False,
             ssr_mode=False,
             quiet=not block,
+            **dg.launch_options(demo, max_upload_mb),
         )
     except OSError as error:  # the port is taken
         raise ValueError(f"cannot serve on {HOST}:{port or 'default port'}: {gen.one_line(error, 200)}") from None
+    atexit.register(dg.remove_files, demo)  # also after a kill by SIGTERM (closed like Ctrl+C)
     if block:
+        dg.stop_on_sigterm()
         print(f"negguide demo on {share_url or url} (Ctrl+C to stop)", flush=True)
         demo.block_thread()
+        demo.close()
+        dg.remove_files(demo)
     return url
 
 
@@ -402,8 +388,8 @@ def launch(args, block: bool = True):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with user_input():
         pipe = gen.load_pipeline(args.model, args.device, args.dtype)
-        demo = build_app(pipe, args.example)
-        url = serve(demo, args.port, args.share, args.queue_size, block)
+        demo = build_app(pipe, args.example, allow_dirs=args.allow_dir)
+        url = serve(demo, args.port, args.share, args.queue_size, block, args.max_upload_mb)
     return demo, url
 
 

@@ -14,7 +14,7 @@ import os
 import time
 
 from negguide.cli.errors import ArgumentParser, user_input
-from negguide.cli.flags import add_setting_flags
+from negguide.cli.flags import add_setting_flags, check_model, load_model
 from negguide.shapeworld.bench import (
     METHODS,
     QUICK,
@@ -48,12 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    with user_input():
+    from negguide.core.training_io import check_writable
+
+    with user_input():  # every flag is checked before the model loads
         settings = (BenchSettings.quick if args.quick else BenchSettings)(perp_neg_weight=args.perp_neg_weight)
-    os.makedirs(args.out, exist_ok=True)
+        unknown = [m for m in args.methods or () if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}")
+        check_model(args.model, hub_ok=False)
+        check_writable(args.out)
     start = time.time()
     with user_input():
-        pipe = load_bench_pipeline(args.model)
+        pipe = load_model(args.model, load_bench_pipeline, hub_ok=False)
     results = run_bench(pipe, args.scenarios, args.methods, settings)
     table = markdown_table(results)
     grids = save_grids(results, args.out)

@@ -18,17 +18,28 @@ from negguide.cli.flags import ranged
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demos", "app.py")
 MODULE = "negguide_demo_app"
 QUEUE_SIZE = 8
+MAX_UPLOAD_MB = 256  # every upload (an image, an embedding, a LoRA) at most this many MiB
 DESCRIPTION = """The negguide Gradio demo: a prompt, weighted negatives with windows, and the methods side by side,
 same seed.
 
     negguide demo                                 # the bundled ShapeWorld model on http://127.0.0.1:7860
     negguide demo --model ./sd15 --port 7861      # a local diffusers folder (or a hub id)
     negguide demo --share                         # a public gradio.live link (off by default)
+    negguide demo --allow-dir runs                # also offer the embeddings and LoRAs found in runs/
     python demos/app.py --no-example              # the same, without the example comparison filled in
 
-The model is loaded once; one generation runs at a time (the queue holds at most --queue-size requests).
+The model is loaded once; one generation runs at a time (the queue holds at most --queue-size requests; the API
+goes through the same queue). Clients never name a server path: they upload embeddings, LoRAs and images (at most
+--max-upload-mb each) or choose the bundled ones and those found in the --allow-dir folders.
 Needs gradio: pip install 'negguide[demo]'.
 """
+
+
+def folder(text: str) -> str:
+    """An argparse type: an existing folder (checked before gradio and the model load)."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=ranged(int, 1, 256, "--queue-size"),
         default=QUEUE_SIZE,
         help=f"requests that may wait for the one running (default {QUEUE_SIZE})",
+    )
+    parser.add_argument(
+        "--allow-dir",
+        type=folder,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="offer the ReNeg embeddings and LoRAs (.safetensors, LoRA folders) found in DIR (read at start; "
+        "repeatable); clients choose them by name, never by path",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=ranged(int, 1, 4096, "--max-upload-mb"),
+        default=MAX_UPLOAD_MB,
+        help=f"largest upload in MiB (default {MAX_UPLOAD_MB}); uploads are deleted after an hour and at exit",
     )
     parser.add_argument(
         "--example",

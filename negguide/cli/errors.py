@@ -28,3 +28,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(message)
+
+    def _get_values(self, action, arg_strings):
+        # argparse drops a '--' given as a flag's value (--steps=--), which leaves the flag an empty list instead of
+        # an error: refuse it (a prompt after '--' is a positional and keeps working)
+        if action.option_strings and "--" in arg_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: '--' is not a value")
+        return super()._get_values(action, arg_strings)

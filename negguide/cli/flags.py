@@ -1,9 +1,11 @@
 """argparse helpers shared by the ``negguide`` subcommands: typed, range-checked flags with one-line errors, built
-from the settings dataclasses' field metadata (:mod:`negguide.core.settings`)."""
+from the settings dataclasses' field metadata (:mod:`negguide.core.settings`), and the checks of ``--model`` and
+``--device`` every command (and the demo's loader) makes before anything loads."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from negguide.cli.errors import UsageError
 from negguide.core.settings import field_default, field_specs, interval
@@ -105,12 +107,20 @@ def is_shapeworld_model(model: str | None) -> bool:
 def read_training_prompts(args) -> list:
     """--prompts, or the lines of --prompts-file, or (on a ShapeWorld model) --shapeworld-prompts training captions."""
     prompts = args.prompts
+    if prompts is not None:
+        blank = [i + 1 for i, text in enumerate(prompts) if not text.strip()]
+        if blank:
+            raise UsageError(f"--prompts: prompt {blank[0]} is empty; give each prompt as text, e.g. 'a red circle'")
     if args.prompts_file:
         try:
-            with open(args.prompts_file) as f:
+            with open(args.prompts_file, encoding="utf-8") as f:
                 prompts = [line.strip() for line in f if line.strip()]
         except OSError as error:
             raise UsageError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(
+                f"cannot read --prompts-file {args.prompts_file!r}: it is not UTF-8 text (one prompt per line)"
+            ) from None
         if not prompts:
             raise UsageError(f"--prompts-file {args.prompts_file!r} holds no prompts")
     if prompts is None:
@@ -120,3 +130,98 @@ def read_training_prompts(args) -> list:
 
         prompts = shapeworld_prompts(args.shapeworld_prompts, "train", kind=args.shapeworld_captions)
     return prompts
+
+
+# ---------------------------------------------------------------------------------------------- model and device
+DEVICE_HINT = "use cpu, cuda, cuda:N or mps"
+MODEL_INDEX = "model_index.json"  # what makes a folder a diffusers pipeline
+
+
+def check_device(device, flag: str = "--device") -> None:
+    """ValueError unless ``device`` (None: the default) is a torch device this machine has: cpu, cuda[:N] with a
+    CUDA GPU (N below the GPU count), or mps where available. Checked before anything loads."""
+    if device is None:
+        return
+    if not isinstance(device, str) or not device.strip():
+        raise ValueError(f"{flag} {device!r} is not a device: {DEVICE_HINT}")
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{flag} {device!r} is not a device: {DEVICE_HINT}") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "" if torch.version.cuda or torch.version.hip else " (this torch is built without CUDA)"
+            raise ValueError(f"{flag} {device!r}: no CUDA GPU is available on this machine{build}; use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{flag} {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{flag} {device!r}: MPS (Apple GPU) is not available on this machine; use --device cpu")
+        return
+    raise ValueError(f"{flag} {device!r} is not supported: {DEVICE_HINT}")
+
+
+def check_model(model, flag: str = "--model", hub_ok: bool = True) -> None:
+    """ValueError unless ``model`` (None: the bundled model) is a diffusers folder (a folder with model_index.json)
+    or, when ``hub_ok``, a hub id (owner/name) that is not a local path. Checked before anything loads."""
+    if model is None:
+        return
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"{flag} must be a folder or a hub id, got {type(model).__name__}")
+    model = os.fspath(model)
+    what = "a diffusers folder" + (" or a hub id (owner/name)" if hub_ok else "")
+    if not model.strip():
+        raise ValueError(f"{flag} is empty: give {what}")
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, MODEL_INDEX)):
+            try:
+                empty = " (the folder is empty)" if not os.listdir(model) else ""
+            except OSError:
+                empty = ""
+            raise ValueError(
+                f"{flag} {model!r} has no {MODEL_INDEX}{empty}: it is not a diffusers pipeline folder "
+                "(write one with pipe.save_pretrained(FOLDER))"
+            )
+        return
+    if os.path.exists(model):
+        raise ValueError(f"{flag} {model!r} is a file: give {what}")
+    from negguide.cli.inputs import is_hub_id
+
+    if hub_ok and is_hub_id(model):
+        return
+    if hub_ok:
+        raise ValueError(f"{flag} {model!r} is neither a diffusers folder nor a hub id (owner/name)")
+    raise ValueError(f"{flag} {model!r} does not exist: give a diffusers folder (with {MODEL_INDEX})")
+
+
+def load_model(model, load, flag: str = "--model", hub_ok: bool = True):
+    """``load(model)`` after :func:`check_model`; a model that cannot be read (a damaged folder, a hub id that is
+    not cached offline) is one ValueError naming it, never the loader's traceback."""
+    import warnings
+
+    from negguide.cli.inputs import one_line
+
+    check_model(model, flag, hub_ok)
+    try:
+        with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases need it
+            warnings.simplefilter("ignore", FutureWarning)
+            return load(model)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot load model {model!r} ({flag}): {one_line(error, 250)}") from None
+
+
+# ---------------------------------------------------------------------------------------------- checks against a model
+def check_image_size(pipe, height, width) -> None:
+    """ValueError unless ``--height`` and ``--width`` (None: the model's default) fit the model's size step."""
+    from negguide.core.call_checks import check_size, size_multiple
+    from negguide.core.families import detect_family
+
+    inner = pipe.family_pipeline() if hasattr(pipe, "family_pipeline") else pipe
+    family = getattr(pipe, "family", None) or detect_family(pipe.components)
+    check_size(family, size_multiple(family, inner), height, width, ("--height", "--width"))

@@ -25,7 +25,7 @@ import os
 import time
 
 from negguide.cli.errors import ArgumentParser, UsageError, user_input
-from negguide.cli.flags import add_setting_flags
+from negguide.cli.flags import add_setting_flags, check_device, check_model
 from negguide.cli.generation import (
     COMPOSABLE,
     MAX_NEGATIVES,
@@ -34,13 +34,13 @@ from negguide.cli.generation import (
     GenerateRequest,
     SamplingSettings,
     describe,
-    is_hub_id,
     load_pipeline,
     prepare,
     prepare_output,
     run,
     save,
 )
+from negguide.cli.inputs import check_lora_file, is_hub_id, one_line
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
@@ -187,6 +187,28 @@ def request_from_args(args) -> GenerateRequest:
         )
 
 
+def check_files(args, methods) -> None:
+    """What the files the flags name hold, read before the model loads (whether they fit the model is checked once
+    it has): the negative embedding, the LoRA, the reference image and mask. ValueError naming the bad one."""
+    if "reneg" in methods and args.reneg:
+        from negguide.reneg.embedding import NegativeEmbedding
+
+        NegativeEmbedding.load(args.reneg)
+    if "nft-lora" in methods and args.lora and os.path.exists(args.lora):
+        check_lora_file(args.lora)
+    if "negtome-reference" in methods:
+        from PIL import Image
+
+        for name, path in (("reference image", args.reference), ("reference mask", args.reference_mask)):
+            if not path:
+                continue
+            try:
+                with Image.open(path) as image:
+                    image.load()
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+                raise ValueError(f"cannot read the {name} {path!r}: {one_line(error, 150)}") from None
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     request = request_from_args(args)
@@ -199,6 +221,9 @@ def main(argv=None) -> None:
         if path and not os.path.exists(path) and not (name == "--lora" and is_hub_id(path)):
             raise UsageError(f"{name} {path!r} does not exist")
     with user_input():
+        check_device(args.device)  # before --overwrite clears anything
+        check_model(args.model)
+        check_files(args, request.methods)
         prepare_output(args.out, args.overwrite)  # before loading anything
         pipe = load_pipeline(args.model, args.device, args.dtype)
         prepared = prepare(pipe, request)

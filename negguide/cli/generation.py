@@ -7,14 +7,14 @@ import contextlib
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from negguide.cli.inputs import is_hub_id, lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
+from negguide.cli.flags import check_device, check_model, load_model
+from negguide.cli.inputs import lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
 from negguide.core.settings import Settings, setting, validate
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
@@ -123,28 +123,25 @@ def shapeworld_model(model: str | None) -> str | None:
 
 
 def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "float32"):
-    """A PerpNegPipeline for a local diffusers folder or a hub id (default: the bundled ShapeWorld model)."""
+    """A PerpNegPipeline for a local diffusers folder or a hub id (default: the bundled ShapeWorld model). The
+    device, dtype and model are checked first (:func:`~negguide.cli.flags.check_device`, ``check_model``): a
+    ValueError naming the bad one before anything loads."""
     import torch
 
     from negguide.shapeworld.bench import load_bench_pipeline
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"dtype = {dtype!r}: use float32, float16 or bfloat16")
+    check_model(model)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if is_bundled(model):
         pipe = load_bench_pipeline(model)
     else:
         from negguide.perpneg.pipeline import PerpNegPipeline
 
-        if not os.path.isdir(model) and not is_hub_id(model):
-            raise ValueError(f"--model {model!r} is neither a diffusers folder nor a hub id (owner/name)")
-        try:
-            with warnings.catch_warnings():  # diffusers >= 0.42 renames torch_dtype; older releases need it
-                warnings.simplefilter("ignore", FutureWarning)
-                pipe = PerpNegPipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"cannot load model {model!r}: {one_line(error, 250)}") from None
+        pipe = load_model(model, lambda name: PerpNegPipeline.from_pretrained(name, torch_dtype=getattr(torch, dtype)))
         pipe.set_progress_bar_config(disable=True)
     pipe.negguide_bundled = is_bundled(model)
     pipe.negguide_shapeworld = shapeworld_model(model)  # which bundled model, if any (its own ReNeg embedding)

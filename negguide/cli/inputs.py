@@ -35,7 +35,7 @@ def open_image(value, mode: str, size: tuple, name: str):
         try:
             with Image.open(value) as opened:
                 value = opened.convert(mode)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise ValueError(f"cannot read the {name} {str(value)!r}: {one_line(error, 150)}") from None
     if not isinstance(value, Image.Image):
         raise ValueError(f"the {name} must be an image file or a PIL image, got {type(value).__name__}")

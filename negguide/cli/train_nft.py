@@ -28,11 +28,15 @@ from negguide.cli.errors import ArgumentParser, UsageError, user_input
 from negguide.cli.flags import (
     add_setting_flags,
     add_training_inputs,
+    check_image_size,
+    check_model,
     is_shapeworld_model,
+    load_model,
     ranged,
     read_training_prompts,
 )
 from negguide.nft.config import NFTConfig
+from negguide.rewards.registry import check_prompts_for_reward
 
 NOT_FLAGS = ("prompts", "output_dir", "pipeline_kwargs")  # --prompts / --prompts-file, --out; the rest are flags
 
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    with user_input():
+        check_model(args.model)  # before the prompts: a ShapeWorld model folder changes their default
     shapeworld = is_shapeworld_model(args.model)
     if args.heldout_every and not shapeworld:
         raise UsageError(
@@ -108,8 +114,6 @@ def main(argv=None) -> None:
         )
     prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
-    if args.model is not None and not os.path.exists(args.model) and args.model.count("/") != 1:
-        raise UsageError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
     from negguide.core.training_io import check_writable, first_last_means
     from negguide.nft.trainer import NFTTrainer, TrainingDiverged
     from negguide.rewards.registry import build_reward
@@ -126,12 +130,16 @@ def main(argv=None) -> None:
         reward = build_reward(args.reward)
         use_accuracy = args.accuracy == "shapeworld" or (args.accuracy == "auto" and shapeworld)
         accuracy = shapeworld_accuracy if use_accuracy else None
+        check_prompts_for_reward(reward, prompts)
+        if accuracy is not None:
+            check_prompts_for_reward(accuracy, prompts, "the ShapeWorld accuracy (--accuracy)")
         if args.model is None:
             pipe = load_bench_pipeline()
         else:
             from diffusers import DiffusionPipeline
 
-            pipe = DiffusionPipeline.from_pretrained(args.model)
+            pipe = load_model(args.model, DiffusionPipeline.from_pretrained)
+        check_image_size(pipe, args.height, args.width)
         trainer = NFTTrainer(
             pipe, reward, config, accuracy=accuracy, allow_config_change=args.resume_with_changed_config
         )

@@ -33,10 +33,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from negguide.cli.errors import ArgumentParser, UsageError, user_input
-from negguide.cli.flags import add_setting_flags, add_training_inputs, ranged, read_training_prompts
+from negguide.cli.errors import ArgumentParser, user_input
+from negguide.cli.flags import (
+    add_setting_flags,
+    add_training_inputs,
+    check_image_size,
+    check_model,
+    load_model,
+    ranged,
+    read_training_prompts,
+)
 from negguide.reneg.config import SELECTIONS, ReNegConfig
-from negguide.rewards.registry import build_reward
+from negguide.rewards.registry import build_reward, check_prompts_for_reward
 
 PER_SAMPLE_STEPS = 10  # the paper's per-sample budget
 FLAGS = (
@@ -144,18 +152,18 @@ def main(argv=None) -> None:
     if args.steps is None:
         args.steps = PER_SAMPLE_STEPS if args.per_sample_from else ReNegConfig.field_specs()["steps"]["default"]
 
-    from negguide.core.training_io import first_last_means
+    from negguide.core.training_io import check_writable, first_last_means
     from negguide.reneg.embedding import NegativeEmbedding
     from negguide.reneg.per_sample import fit_per_sample
     from negguide.reneg.trainer import ReNegTrainer
     from negguide.shapeworld.assets import DEFAULT_MODEL
 
+    with user_input():
+        check_model(args.model)  # before the prompts: a ShapeWorld model folder changes their default
     prompts = read_training_prompts(args)
     sequence = args.max_sequence_length if args.max_sequence_length is not None else (0 if args.model is None else None)
     pipeline_kwargs = {} if sequence is None else {"max_sequence_length": sequence}
     model = args.model or DEFAULT_MODEL
-    if args.model is not None and not os.path.exists(args.model) and "/" not in args.model:
-        raise UsageError(f"--model {args.model!r} is neither a folder nor a hub id (owner/name)")
     with user_input():  # everything the flags name is checked before any training step
         config = ReNegConfig(
             prompts=prompts,
@@ -164,14 +172,26 @@ def main(argv=None) -> None:
             pipeline_kwargs=pipeline_kwargs,
             **{n: getattr(args, n) for n in FLAGS},
         )
+        check_writable(args.out)  # before loading anything
+        # the files first (ValueError naming a damaged one), then the model they must fit
+        start = NegativeEmbedding.load(args.per_sample_from) if args.per_sample_from else None
+        init = NegativeEmbedding.load(args.init_embedding) if args.init_embedding else None
         reward = build_reward(args.reward)
+        check_prompts_for_reward(reward, prompts)
         from negguide.perpneg.pipeline import PerpNegPipeline
 
-        pipe = PerpNegPipeline.from_pretrained(model)
-        start = NegativeEmbedding.load(args.per_sample_from, pipe) if args.per_sample_from else None
-        init = None
-        if args.init_embedding:
-            init = NegativeEmbedding.load(args.init_embedding, pipe)  # names the mismatch for another model
+        pipe = load_model(model, PerpNegPipeline.from_pretrained)
+        check_image_size(pipe, args.height, args.width)
+        for flag, path, embedding in (
+            ("--per-sample-from", args.per_sample_from, start),
+            ("--init-embedding", args.init_embedding, init),
+        ):
+            if embedding is not None:
+                try:
+                    embedding.check_compatible(pipe)  # names the mismatch for another model
+                except ValueError as error:
+                    raise ValueError(f"{flag} {path!r}: {error}") from None
+        if init is not None:
             init.metadata["init_embedding"] = os.path.basename(args.init_embedding)
         trainer = (
             None

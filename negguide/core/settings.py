@@ -100,7 +100,9 @@ def validate(obj) -> None:
     normalized values (a frozen dataclass too)."""
     for f, kind in rules(type(obj)):
         value = getattr(obj, f.name)
-        checked = check_value(value, kind, f.name, f.metadata)
+        argument = f.metadata.get("call_argument")  # the field's name where a pipeline call takes it, if another
+        label = f"{f.name} (the pipeline call's {argument})" if argument else f.name
+        checked = check_value(value, kind, label, f.metadata)
         if checked is not value:
             object.__setattr__(obj, f.name, checked)
 

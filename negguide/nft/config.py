@@ -91,6 +91,8 @@ class NFTConfig(Settings):
         ):
             raise ValueError("prompts must be a non-empty list of non-empty strings (or use --prompts-file)")
         if isinstance(self.lora_targets, (list, tuple)):
+            if not all(isinstance(t, str) for t in self.lora_targets):
+                raise TypeError(f"lora_targets = {self.lora_targets!r} must be module names (strings), e.g. to_q,to_k")
             self.lora_targets = ",".join(self.lora_targets)
         validate(self)
         if self.timestep_min >= self.timestep_max:

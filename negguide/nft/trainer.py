@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from negguide.core.accelerate_setup import make_accelerator
+from negguide.core.call_checks import check_size, size_multiple
 from negguide.core.training_io import check_writable, save_curve
 from negguide.nft import checkpointing
 from negguide.nft.advantages import group_stats, optimality_probability
@@ -60,6 +61,7 @@ from negguide.nft.rollout import (
     sample_generators,
     seed_of,
 )
+from negguide.rewards.registry import check_prompts_for_reward
 
 CHECKPOINT = "checkpoint"
 
@@ -114,6 +116,7 @@ class NFTTrainer:
             check_writable(c.output_dir)
         side = default_size(self.pipe)
         self.height, self.width = c.height or side, c.width or side
+        check_size(self.family, size_multiple(self.family, self.pipe), self.height, self.width)
         self.pipeline_kwargs = dict(c.pipeline_kwargs)
         if c.max_sequence_length is not None and self.family in ("sd3", "flux"):
             self.pipeline_kwargs["max_sequence_length"] = c.max_sequence_length
@@ -152,9 +155,10 @@ class NFTTrainer:
             [torch.full((3, self.height, self.width), 0.5), torch.rand(3, self.height, self.width, generator=g)]
         )  # [2, 3, H, W]
         images = images.to(self.accelerator.device)
-        for fn in (self.reward, self.accuracy):
+        for fn, what in ((self.reward, "the reward"), (self.accuracy, "the accuracy")):
             if fn is not None:
                 self._score(fn, images, [self.config.prompts[0]] * 2)
+                check_prompts_for_reward(fn, self.config.prompts, what, device=self.accelerator.device)
 
     # ------------------------------------------------------------------ one step
     def plan(self, step: int) -> list:

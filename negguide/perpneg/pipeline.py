@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from negguide.core.call_checks import check_call
+from negguide.core.call_checks import check_call, size_multiple
 from negguide.core.families import (
     call_defaults,
     check_shared_embeds,
@@ -38,20 +37,19 @@ from negguide.core.families import (
 from negguide.core.multibranch import POSITIVE, MultiBranchDenoiser, check_conditioning
 from negguide.guidance.combine import cfg_combine, perp_neg_combine, plain_negative_combine
 from negguide.guidance.windows import is_active
+from negguide.nag.routing import (  # noqa: F401 (NEGATIVE_MODES: re-exported)
+    CFG_FREE_ATTR,
+    NEGATIVE_MODES,
+    CallGuidance,
+    NegativeIgnoredWarning,
+    check_negative_mode,
+    route,
+)
 from negguide.nag.settings import NAGSettings
+from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
 UNCOND = "uncond"
-NEGATIVE_MODES = ("auto", "cfg", "nag", "both")
-#: set ``pipe.negguide_cfg_free = True`` (on the PerpNegPipeline or on its denoiser) for a model meant to run
-#: without CFG (few-step, distilled, DiffusionNFT-trained): ``negative_mode="auto"`` then sends negatives to NAG
-#: even when a CFG scale above 1 is given.
-CFG_FREE_ATTR = "negguide_cfg_free"
-
-
-class NegativeIgnoredWarning(UserWarning):
-    """Negatives were given but, with this call's settings, neither CFG-based guidance nor NAG can use them."""
-
 
 COMPONENT_NAMES = (
     "vae",
@@ -207,10 +205,12 @@ class PerpNegPipeline(DiffusionPipeline):
                 still switches a negative off on both paths); ``negative_windows`` apply to both paths unless
                 ``nag.negative_windows`` is given.
         """
-        if negative_mode not in NEGATIVE_MODES:
-            raise ValueError(f"negative_mode = {negative_mode!r}; choose one of {list(NEGATIVE_MODES)}")
-        if nag is not None and not isinstance(nag, NAGSettings):
-            raise TypeError(f"nag must be a NAGSettings, got {type(nag).__name__}")
+        check_negative_mode(negative_mode, nag)
+        if negtome is not None and not isinstance(negtome, NegToMeSettings):
+            raise TypeError(
+                f"negtome must be a NegToMeSettings (from negguide.negtome import NegToMeSettings), "
+                f"got {type(negtome).__name__}"
+            )
         settings = PerpNegSettings(
             negatives=negatives,
             negative_weights=negative_weights,
@@ -269,36 +269,21 @@ class PerpNegPipeline(DiffusionPipeline):
         would have no effect."""
         adapter = get_adapter(self.family)
         scale = self._scale(inner, call)
-        cfg_on = adapter.cfg_enabled(call, scale, has_negatives=any(w > 0 for w in settings.negative_weights))
-        if mode == "auto":
-            mode = "cfg" if cfg_on and not self.cfg_free() else "nag"
-        # NAG takes the negatives whose (Perp-Neg) weight is not 0: weight 0 switches a negative off on both paths
-        kept = [i for i, w in enumerate(settings.negative_weights) if w > 0]
-        own = nag is not None and bool(nag.negatives)
-        nag_negatives = list(nag.negatives) if own else [settings.negatives[i] for i in kept]
-        nag_windows = [settings.negative_windows[i] for i in kept]
-        if mode == "cfg":
-            if nag is not None and nag.negatives:
-                raise ValueError("nag.negatives need negative_mode='nag', 'both' or 'auto' (CFG off)")
-            if settings.negatives and any(w > 0 for w in settings.negative_weights) and scale <= 0:
-                _warn(
-                    f"{adapter.scale_argument} = {scale} multiplies the CFG-based guidance by 0: the negatives "
-                    f"{settings.negatives} have no effect; use negative_mode='nag' (or 'auto') or "
-                    f"{adapter.scale_argument} > 1"
-                )
-            return settings, None
-        if mode == "nag":  # the negatives leave the CFG path (extra positives stay)
-            settings = replace(settings, negatives=[], negative_weights=[], negative_windows=[])
-        if not nag_negatives:
-            return settings, None
-        base = nag or NAGSettings()
-        weights = base.negative_weights
-        if weights is not None and len(weights) == 1 and len(nag_negatives) > 1 and not base.negatives:
-            weights = weights * len(nag_negatives)
-        windows = base.negative_windows
-        if windows is None and not own:
-            windows = nag_windows
-        return settings, replace(base, negatives=nag_negatives, negative_weights=weights, negative_windows=windows)
+        routed = route(
+            settings,
+            nag,
+            mode,
+            CallGuidance(
+                scale,
+                adapter.scale_argument,
+                adapter.cfg_enabled(call, scale, has_negatives=any(w > 0 for w in settings.negative_weights)),
+                self.cfg_free(),
+                call.get("negative_prompt") is not None or call.get("negative_prompt_embeds") is not None,
+            ),
+        )
+        for message in routed.warnings:
+            warnings.warn(message, NegativeIgnoredWarning, stacklevel=4)  # the caller (past no_grad)
+        return routed.settings, routed.nag
 
     def _nag_handle(self, inner, call: dict, nag_settings: NAGSettings, rows):
         from negguide.nag.hooks import NAGHandle, NAGProgress, encode_negatives
@@ -388,7 +373,7 @@ class PerpNegPipeline(DiffusionPipeline):
             raise ValueError("give exactly one of prompt and prompt_embeds")
         call = {"prompt": prompt, **kwargs}
         denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
-        check_call(self.family, call, getattr(denoiser, "dtype", None))
+        check_call(self.family, call, getattr(denoiser, "dtype", None), size_multiple(self.family, inner))
         return call
 
 
@@ -442,7 +427,3 @@ def _make_combiner(settings: PerpNegSettings, scale: float, guidance_rescale: fl
         return guided
 
     return combine
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, NegativeIgnoredWarning, stacklevel=4)

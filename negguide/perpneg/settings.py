@@ -62,9 +62,14 @@ class PerpNegSettings(Settings):
     positive_weights: list[float] | None = setting(
         None, "one weight >= 0 per extra positive", min=0.0, max=5.0, step=0.05, default=1.0, hint=WEIGHT_HINT
     )
-    mode: str = setting("perp_neg", "perp_neg or plain", choices=MODES)
+    mode: str = setting("perp_neg", "perp_neg or plain", choices=MODES, call_argument="guidance_mode")
     eps: float = setting(
-        DEFAULT_EPS, "epsilon added to ||D_pos||^2", min=0.0, low_open=True, hint="a small positive number such as 1e-8"
+        DEFAULT_EPS,
+        "epsilon added to ||D_pos||^2",
+        call_argument="perp_neg_eps",
+        min=0.0,
+        low_open=True,
+        hint="a small positive number such as 1e-8",
     )
 
     def __post_init__(self) -> None:

@@ -40,7 +40,7 @@ class NegativeEmbedding:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILY_TENSORS:
+        if not isinstance(self.family, str) or self.family not in FAMILY_TENSORS:
             raise ValueError(f"family = {self.family!r} is unknown; choose one of {sorted(FAMILY_TENSORS)}")
         want = FAMILY_TENSORS[self.family]
         if not isinstance(self.tensors, dict) or sorted(self.tensors) != sorted(want):
@@ -57,6 +57,8 @@ class NegativeEmbedding:
                 )
             if not torch.isfinite(tensor).all():
                 raise ValueError(f"{name} holds NaN or infinite values; re-create or re-train the embedding")
+        if self.metadata is not None and not isinstance(self.metadata, dict):
+            raise TypeError(f"metadata must be a dict of strings, got {type(self.metadata).__name__}")
         self.metadata = {str(k): str(v) for k, v in (self.metadata or {}).items()}
 
     # ------------------------------------------------------------------ shapes and compatibility
@@ -68,6 +70,8 @@ class NegativeEmbedding:
         """ValueError unless ``pipe`` is of this family and encodes text to these shapes."""
         from negguide.core.families import detect_family
 
+        if not hasattr(pipe, "components"):
+            raise TypeError(f"pipe must be a diffusers pipeline, got {type(pipe).__name__}")
         family = getattr(pipe, "family", None) or detect_family(pipe.components)
         if family != self.family:
             raise ValueError(f"this negative embedding is for a {self.family} model but the pipeline is {family}")
@@ -106,31 +110,53 @@ class NegativeEmbedding:
 
     @classmethod
     def load(cls, path: str, pipe=None) -> NegativeEmbedding:
-        """Read a file written by :meth:`save`; with ``pipe``, also check it fits that model."""
+        """Read a file written by :meth:`save`; with ``pipe``, also check it fits that model. Any file that is not
+        such an embedding (missing, a folder, damaged or truncated, another format, metadata or tensors missing) is
+        a ValueError naming the file and what is wrong."""
         from safetensors import safe_open
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be the path of a .safetensors file, got {type(path).__name__}")
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(
+                f"negative embedding {path!r} is a folder: give the .safetensors file (a training run writes "
+                "OUT/negative_embedding.safetensors)"
+            )
         if not os.path.isfile(path):
             raise ValueError(f"negative embedding file {path!r} does not exist")
         try:
             with safe_open(path, framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as error:  # safetensors raises its own error type for a file of another format
+        except Exception as error:  # safetensors raises its own error types for a damaged or foreign file
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
             raise ValueError(
-                f"{path!r} is not a safetensors file ({error}); convert published .bin files with "
-                "NegativeEmbedding.from_bin"
+                f"{path!r} is not a safetensors file, or a damaged or truncated one ({detail}); convert "
+                "published .bin files with NegativeEmbedding.from_bin"
             ) from None
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{path!r} is not a negguide negative embedding (format {meta.get('format')!r}); "
                 f"convert published .bin files with NegativeEmbedding.from_bin"
             )
-        family = meta.pop("family")
+        family = meta.pop("family", None)
+        if family is None:
+            raise ValueError(
+                f"{path!r} has no 'family' in its metadata (one of {sorted(FAMILY_TENSORS)}); re-save it with "
+                "NegativeEmbedding(family, tensors).save(path)"
+            )
         meta.pop("format")
         meta.pop("shapes", None)
-        embedding = cls(family, tensors, meta)
+        try:
+            embedding = cls(family, tensors, meta)
+        except (ValueError, TypeError) as error:  # unknown family, missing or extra tensors, bad shapes or values
+            raise ValueError(f"negative embedding {path!r}: {error}") from None
         if pipe is not None:
-            embedding.check_compatible(pipe)
+            try:
+                embedding.check_compatible(pipe)
+            except ValueError as error:  # another family or other shapes: name the file too
+                raise ValueError(f"negative embedding {path!r}: {error}") from None
         return embedding
 
     @classmethod

@@ -23,12 +23,14 @@ import torch
 from torch import nn
 
 from negguide.core.accelerate_setup import make_accelerator
+from negguide.core.call_checks import check_size, size_multiple
 from negguide.core.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from negguide.core.families import get_adapter
 from negguide.core.training_io import check_writable, save_curve
 from negguide.reneg.config import ReNegConfig
 from negguide.reneg.embedding import NegativeEmbedding, null_embedding
 from negguide.reneg.step import decode, default_size, guided_prediction, predict_x0, sample_to_step
+from negguide.rewards.registry import check_prompts_for_reward
 
 CHECKPOINT = "checkpoint"
 #: the settings a resumed run may change: its length, the checkpoint interval, where it writes, and the memory
@@ -102,6 +104,9 @@ class ReNegTrainer:
         self.height, self.width = (
             (config.height, config.width) if config.height and config.width else default_size(self.pipe)
         )
+        family = self.pipe.family
+        check_size(family, size_multiple(family, self.pipe.family_pipeline()), self.height, self.width)
+        check_prompts_for_reward(reward, config.prompts, device=self.accelerator.device)
         sequence = config.pipeline_kwargs.get("max_sequence_length")
         self.init_given = init is not None  # a resumed run must start from the same embedding
         init = init or null_embedding(

@@ -13,6 +13,8 @@ Built in: ``clip=PATH`` (:class:`~negguide.rewards.clip.CLIPScoreReward`) and ``
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -20,12 +22,19 @@ from importlib.metadata import entry_points
 
 @dataclass(frozen=True)
 class RewardKind:
-    """A registered reward kind: ``load(source or None)`` returns the reward callable."""
+    """A registered reward kind: ``load(source or None)`` returns the reward callable; ``check(source)``, when
+    given, refuses a bad source before anything loads (by default: a source must exist on disk or be a hub id)."""
 
     name: str
     load: Callable
     needs_source: bool
     help: str
+    check: Callable | None = None
+
+
+class RewardSourceNotFound(FileNotFoundError, ValueError):
+    """A spec's source (``NAME=SOURCE``) is missing (not on disk, nor a hub id where the kind takes one): bad input,
+    so a ValueError naming the spec, and a FileNotFoundError as the loaders raised before."""
 
 
 _KINDS: dict[str, RewardKind] = {}
@@ -35,11 +44,19 @@ ENTRY_POINT_GROUP = "negguide.rewards"
 _providers_loaded = False
 
 
-def register_reward(name: str, load: Callable, needs_source: bool = False, help: str = "") -> None:
-    """Make ``name`` usable in reward specs; ``load(source)`` gets the text after ``=`` (or None)."""
-    if not name or any(c in name for c in "=@ "):
+def register_reward(
+    name: str, load: Callable, needs_source: bool = False, help: str = "", check: Callable | None = None
+) -> None:
+    """Make ``name`` usable in reward specs; ``load(source)`` gets the text after ``=`` (or None). ``check(source)``
+    (optional) raises FileNotFoundError or ValueError for a source that cannot load, before any spec loads; without
+    it a source must exist on disk or be a hub id (owner/name)."""
+    if not isinstance(name, str) or not name or any(c in name for c in "=@ "):
         raise ValueError(f"reward name {name!r} must be non-empty and hold no '=', '@' or space")
-    _KINDS[name] = RewardKind(name, load, needs_source, help)
+    if not callable(load):
+        raise TypeError(f"load must be callable (source -> reward), got {type(load).__name__}")
+    if check is not None and not callable(check):
+        raise TypeError(f"check must be callable (source -> None) or None, got {type(check).__name__}")
+    _KINDS[name] = RewardKind(name, load, needs_source, help, check)
 
 
 def _load_providers() -> None:
@@ -87,16 +104,20 @@ def parse_reward_spec(spec: str) -> RewardSpec:
     """``NAME[=SOURCE][@WEIGHT]`` -> :class:`RewardSpec`, checked before anything loads."""
     if not isinstance(spec, str):
         raise TypeError(f"a reward spec is a string such as 'clip=PATH@0.5', got {type(spec).__name__}")
-    text, _, weight_text = spec.partition("@")
-    name, _, source = text.partition("=")
+    text, at, weight_text = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    name, equals, source = text.partition("=")
     kinds = reward_kinds()
     if name not in kinds:
         choices = ", ".join(f"{k}=PATH" if v.needs_source else k for k, v in sorted(kinds.items()))
         raise ValueError(f"unknown reward {name!r} in {spec!r}; use one of {choices}")
     if kinds[name].needs_source and not source:
         raise ValueError(f"reward {name!r} needs a model: {name}=PATH_OR_HUB_ID")
+    if equals and not source:
+        raise ValueError(f"reward {spec!r} has '=' but no folder after it: {name}=FOLDER, or {name} alone")
+    if at and not weight_text.strip():
+        raise ValueError(f"reward {spec!r} has '@' but no weight after it: {text}@WEIGHT, e.g. {text}@0.5")
     try:
-        weight = float(weight_text) if weight_text else 1.0
+        weight = float(weight_text) if at else 1.0
     except ValueError:
         raise ValueError(f"reward weight in {spec!r} is not a number") from None
     if not math.isfinite(weight) or weight < 0:
@@ -107,19 +128,81 @@ def parse_reward_spec(spec: str) -> RewardSpec:
     return RewardSpec(name, source or None, weight)
 
 
-def build_reward(specs: list[str] | None, default: str = "shapeworld"):
-    """The reward callable for ``specs`` (``[default]`` when empty): one reward, or their weighted sum.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-    Every spec is parsed and checked (names, weights, duplicates) before any model loads."""
+
+def check_source(spec: RewardSpec, kind: RewardKind) -> None:
+    """Refuse a spec's source before anything loads: the kind's own ``check``, or else the source must exist on
+    disk or be a hub id (owner/name). A missing source is :class:`RewardSourceNotFound`, a bad one a ValueError;
+    both name the spec."""
+    source = spec.source
+    if source is None:
+        return
+    if kind.check is None:
+        if not os.path.exists(source) and not _HUB_ID.fullmatch(source):
+            raise RewardSourceNotFound(
+                f"reward {spec.label!r}: {source!r} does not exist; give a folder or a hub id (owner/name)"
+            )
+        return
+    try:
+        kind.check(source)
+    except FileNotFoundError as error:
+        raise RewardSourceNotFound(f"reward {spec.label!r}: {_one_line(error)}") from None
+    except ValueError as error:
+        raise ValueError(f"reward {spec.label!r}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def build_reward(specs: list[str] | None, default: str = "shapeworld"):
+    """The reward callable for ``specs`` (``[default]`` when empty; one string is one spec): one reward, or their
+    weighted sum.
+
+    Every spec is parsed and checked (names, weights, duplicates, sources on disk) before any model loads; a
+    source that does not load (a damaged folder) is a ValueError naming its spec."""
+    if isinstance(specs, str):
+        specs = [specs]
+    if specs is not None and not isinstance(specs, (list, tuple)):
+        raise TypeError(f"specs must be a list of reward specs such as ['clip=PATH@0.5'], got {type(specs).__name__}")
     parsed = [parse_reward_spec(spec) for spec in (specs or [default])]
     labels = [p.label for p in parsed]
     for label in labels:
         if labels.count(label) > 1:
             raise ValueError(f"reward {label!r} is given twice; give it once with the sum of its weights")
+    if all(p.weight == 0 for p in parsed):
+        raise ValueError(f"every reward weight in {list(specs or [default])} is 0: the reward would be constant")
     kinds = reward_kinds()
-    parts = [(p.label, kinds[p.name].load(p.source), p.weight) for p in parsed]
+    for p in parsed:
+        check_source(p, kinds[p.name])
+    parts = []
+    for p in parsed:
+        try:
+            parts.append((p.label, kinds[p.name].load(p.source), p.weight))
+        except FileNotFoundError as error:
+            raise RewardSourceNotFound(f"reward {p.label!r}: {_one_line(error)}") from None
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"cannot load reward {p.label!r}: {_one_line(error)}") from None
     if len(parts) == 1 and parts[0][2] == 1.0:
         return parts[0][1]
     from negguide.rewards.combine import WeightedReward
 
     return WeightedReward({label: (reward, weight) for label, reward, weight in parts})
+
+
+def check_prompts_for_reward(reward, prompts, what: str = "the reward", chunk: int = 32, device=None) -> None:
+    """Score every distinct prompt once on plain grey images (on ``device``), before training: a prompt the reward
+    cannot read (a ShapeWorld reward knows four colours and three shapes) is a ValueError now instead of a
+    traceback mid-run."""
+    import torch
+
+    distinct = list(dict.fromkeys(prompts))
+    with torch.no_grad():
+        for start in range(0, len(distinct), chunk):
+            batch = distinct[start : start + chunk]
+            try:
+                reward(torch.full((len(batch), 3, 64, 64), 0.5, device=device), batch)
+            except (ValueError, TypeError, KeyError) as error:
+                raise ValueError(f"{what} cannot score the training prompts: {error}") from None

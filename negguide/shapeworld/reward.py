@@ -184,21 +184,22 @@ class ShapeWorldReward(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike | None = None, log_prob: bool = False) -> ShapeWorldReward:
         """Load ``model.safetensors`` + ``config.json`` from ``folder`` (default: the bundled
         ``assets/shapeworld/reward``); offline."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = os.fspath(folder) if folder is not None else DEFAULT_FOLDER
-        paths = [os.path.join(folder, n) for n in (CONFIG_NAME, WEIGHTS_NAME)]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise FileNotFoundError(
-                f"no ShapeWorld reward weights at {folder!r} (missing {missing}); train them with"
-                " `python -m experiments.shapeworld_reward.train --out <folder>`, or pass folder=None for the bundled"
-                " ones"
-            )
-        with open(paths[0]) as f:
-            cfg = json.load(f)
-        net = ShapeWorldNet(ShapeWorldNetConfig(**cfg["net"]))
-        net.load_state_dict({k: v.float() for k, v in load_file(paths[1]).items()})
+        paths = check_folder(folder)
+        try:
+            with open(paths[0]) as f:
+                cfg = json.load(f)
+            net = ShapeWorldNet(ShapeWorldNetConfig(**cfg["net"]))
+            net.load_state_dict({k: v.float() for k, v in load_file(paths[1]).items()})
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:  # damaged files
+            detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+            raise ValueError(
+                f"the ShapeWorld reward at {folder!r} is damaged or of another version ({detail}); train it again"
+                " with `python -m experiments.shapeworld_reward.train --out <folder>`"
+            ) from None
         return cls(net, log_prob=log_prob)
 
     def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> None:
@@ -238,6 +239,19 @@ class ShapeWorldReward(nn.Module):
         return torch.log(p + 1e-6) if self.log_prob else p
 
 
+def check_folder(folder: str) -> list[str]:
+    """The paths of a reward folder's config and weights; FileNotFoundError naming the folder if either is missing."""
+    paths = [os.path.join(folder, n) for n in (CONFIG_NAME, WEIGHTS_NAME)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"no ShapeWorld reward weights at {folder!r} (missing {missing}); train them with"
+            " `python -m experiments.shapeworld_reward.train --out <folder>`, or pass folder=None for the bundled"
+            " ones"
+        )
+    return paths
+
+
 def _loader(log_prob: bool):
     def load(folder: str | None):
         return ShapeWorldReward.from_pretrained(folder, log_prob=log_prob)
@@ -245,5 +259,12 @@ def _loader(log_prob: bool):
     return load
 
 
-register_reward("shapeworld", _loader(False), help="the ShapeWorld classifier's probability (=FOLDER: other weights)")
-register_reward("shapeworld-log", _loader(True), help="its log-probability (=FOLDER: other weights)")
+register_reward(
+    "shapeworld",
+    _loader(False),
+    help="the ShapeWorld classifier's probability (=FOLDER: other weights)",
+    check=check_folder,
+)
+register_reward(
+    "shapeworld-log", _loader(True), help="its log-probability (=FOLDER: other weights)", check=check_folder
+)

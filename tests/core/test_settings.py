@@ -31,8 +31,14 @@ BAD = [  # (class, field, value, error, the message's words)
     (PerpNegSettings, "negative_weights", [6.0], ValueError, "negative_weights[0] = 6.0 is outside [0.0, 5.0]"),
     (PerpNegSettings, "negative_weights", ["1"], TypeError, "negative_weights[0] = '1' must be a number"),
     (PerpNegSettings, "negative_windows", [(0.2, 1.5)], ValueError, "negative_windows[0][1] = 1.5 is outside"),
-    (PerpNegSettings, "mode", "sideways", ValueError, "mode = 'sideways' is not one of ('perp_neg', 'plain')"),
-    (PerpNegSettings, "eps", 0.0, ValueError, "eps = 0.0 is outside (0.0, inf)"),
+    (
+        PerpNegSettings,
+        "mode",
+        "sideways",
+        ValueError,
+        "mode (the pipeline call's guidance_mode) = 'sideways' is not one of ('perp_neg', 'plain')",
+    ),
+    (PerpNegSettings, "eps", 0.0, ValueError, "eps (the pipeline call's perp_neg_eps) = 0.0 is outside (0.0, inf)"),
     (NegToMeSettings, "alpha", "strong", TypeError, "alpha = 'strong' must be a number in [0.0, 5.0]"),
     (NegToMeSettings, "alpha", 6.0, ValueError, "alpha = 6.0 is outside [0.0, 5.0]"),
     (NegToMeSettings, "threshold", float("nan"), ValueError, "threshold = nan is not finite"),
@@ -96,7 +102,7 @@ def _out_of_range(cls, kwargs: dict, name: str) -> bool:
     try:
         cls(**kwargs)
     except ValueError as error:
-        return str(error).startswith(f"{name} = ") and " is outside " in str(error)
+        return str(error).startswith((f"{name} = ", f"{name} (")) and " is outside " in str(error)
     return False
 
 

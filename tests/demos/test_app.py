@@ -55,9 +55,14 @@ def assets(tmp_path_factory, pipe):
 
 
 def generate(client, **inputs):
-    """Call /generate; unspecified inputs keep the page's defaults (the mask has none: it is optional)."""
-    inputs = {"reference_mask": None, **SMALL, **inputs}
+    """Call /generate; unspecified inputs keep the page's defaults (files have none: they are optional)."""
+    inputs = {**SMALL, **inputs}
     return client.predict(api_name="/generate", **inputs)
+
+
+def lora_file(assets):
+    """The LoRA folder's weights file, for an upload (clients upload files; they never name a server path)."""
+    return gradio_client.handle_file(os.path.join(assets["lora"], "pytorch_lora_weights.safetensors"))
 
 
 def check_outputs(result, methods, batch=2, size=32):
@@ -83,6 +88,7 @@ def test_binds_to_localhost_with_a_bounded_queue(server):
     demo, url = server
     assert url.startswith("http://127.0.0.1:")
     assert demo._queue.max_size == load_app().QUEUE_SIZE and demo._queue.default_concurrency_limit == 1
+    assert demo.api_open is False, "direct POST /run/<endpoint> would skip the queue"
 
 
 @pytest.mark.parametrize("method", ["none", "plain", "perp-neg", "negtome", "negtome-reference", "reneg", "nft-lora"])
@@ -104,7 +110,7 @@ def test_every_method(client, assets, method):
             reference=gradio_client.handle_file(assets["reference"]),
             reference_mask=gradio_client.handle_file(assets["mask"]),
         )
-    inputs.update(reneg_path=assets["reneg"], lora_path=assets["lora"], lora_scale=0.8)
+    inputs.update(reneg_file=gradio_client.handle_file(assets["reneg"]), lora_file=lora_file(assets), lora_scale=0.8)
     check_outputs(generate(client, **inputs), [method])
 
 
@@ -116,7 +122,7 @@ def test_side_by_side_with_the_same_seed(client, assets):
             prompt="a red shape",
             methods=methods,
             negative_1="a red circle",
-            lora_path=assets["lora"],
+            lora_file=lora_file(assets),
             negtome_custom=True,
             negtome_alpha=1.0,
         ),
@@ -138,8 +144,8 @@ def test_side_by_side_with_the_same_seed(client, assets):
         (dict(prompt="a circle", methods=["perp-neg"], negative_1="red", start_1=0.9, end_1=0.1), "is reversed"),
         (dict(prompt="a circle", methods=["negtome-reference"], reference=None), "needs a reference image"),
         (dict(prompt="a circle", methods=["negtome"], batch=1), "batch of 2 or more"),
-        (dict(prompt="a circle", methods=["nft-lora"], lora_path="/nonexistent/lora"), "does not exist"),
-        (dict(prompt="a circle", methods=["reneg"], reneg_path="/nonexistent.safetensors"), "does not exist"),
+        (dict(prompt="a circle", methods=["nft-lora"], lora_choice="lora"), "the LoRA choice is not one of those"),
+        (dict(prompt="a circle", methods=["reneg"], reneg_choice="x"), "the ReNeg embedding choice is not one of"),
     ],
 )
 def test_bad_input_is_a_readable_error_and_the_server_keeps_serving(client, inputs, message):
@@ -192,8 +198,10 @@ def test_progress_is_reported_per_step(app, pipe):
         with_negatives=False,
         reference=None,
         reference_mask=None,
-        reneg_path="",
-        lora_path="",
+        reneg_choice=None,
+        reneg_file=None,
+        lora_choice=None,
+        lora_file=None,
         lora_scale=1.0,
         negtome_custom=False,
         negtome_alpha=0.9,
@@ -252,6 +260,12 @@ def test_demo_command_serves_the_page(app):
                 time.sleep(0.5)
         assert server.poll() is None, server.stderr.read().decode()[-2000:]
         assert page is not None and "gradio" in page.lower()
+        import httpx
+
+        upload = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": ("probe.bin", b"0" * 100)})
+        path = upload.json()[0]
+        assert os.path.isfile(path)
     finally:
-        server.terminate()
+        server.terminate()  # SIGTERM: the demo closes as after Ctrl+C and removes its uploads
         server.wait(timeout=30)
+    assert not os.path.exists(path), "an upload was left on disk after the demo stopped"

@@ -74,7 +74,7 @@ def test_cfg_free_flag_sends_negatives_to_nag(family, monkeypatch):
 
 def test_both_runs_nag_and_perp_neg(family, monkeypatch):
     pipe, spy = pipeline(family), NAGSpy(monkeypatch)
-    pipe(PROMPT, negatives=NEGATIVE, negative_mode="both", nag=NAGSettings(mode="perpendicular"), **kwargs(family, 4.0))
+    pipe(PROMPT, negatives=NEGATIVE, negative_mode="both", nag=NAGSettings(alpha=0.5), **kwargs(family, 4.0))
     assert spy.active > 0
     assert all(r.branches == ["uncond", "positive", "negative:0"] for r in pipe.step_records)
 
@@ -127,3 +127,13 @@ def test_zero_weight_negatives_stay_off_on_the_nag_path(family, monkeypatch):
     base = pipe(PROMPT, **kwargs(family, 1.0)).images
     got = pipe(PROMPT, negatives=NEGATIVE, negative_weights=[0.0], **kwargs(family, 1.0)).images
     assert spy.active == 0 and torch.equal(got, base)
+
+
+def test_warns_when_negative_prompt_meets_cfg_off(family):
+    """diffusers drops negative_prompt where CFG is off: negguide says so and names what would make it act."""
+    pipe = pipeline(family)
+    with pytest.warns(NegativeIgnoredWarning, match=f"negative_prompt is ignored at {scale_name(family)}.*negatives="):
+        pipe(PROMPT, negative_prompt="a red circle", **kwargs(family, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NegativeIgnoredWarning)
+        pipe(PROMPT, negative_prompt="a red circle", **kwargs(family, 4.0))

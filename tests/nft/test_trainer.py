@@ -316,6 +316,13 @@ def no_rollouts(monkeypatch):
     monkeypatch.setattr("negguide.nft.trainer.rollout", refuse)
 
 
+def picky(images, prompts):
+    """A reward that knows circles only (as a ShapeWorld reward knows its own vocabulary)."""
+    if any("circle" not in p for p in prompts):
+        raise KeyError(f"cannot read {[p for p in prompts if 'circle' not in p][0]!r}")
+    return redness(images, prompts)
+
+
 def _unsupported_pipeline():
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -346,6 +353,11 @@ def _unsupported_pipeline():
         (lambda: NFTTrainer(object(), redness, config()), "diffusers text-to-image pipeline, got object"),
         (lambda: NFTTrainer(_unsupported_pipeline(), redness, config()), "cannot guide a pipeline with UNet2DModel"),
         (lambda: trainer("sd3", output_dir="/proc/x"), r"output folder '/proc/x' is not writable"),
+        (lambda: trainer("sd3", height=33), r"height = 33 is not a multiple of"),
+        (
+            lambda: trainer("sd3", reward=picky, prompts=["a red circle", "a purple hexagon"]),
+            "the reward cannot score the training prompts.*hexagon",
+        ),
     ],
 )
 def test_bad_input_raises_before_any_rollout(make, match, no_rollouts):

@@ -217,3 +217,27 @@ def test_embedding_metadata_names_a_log_probability_reward():
     assert describe_reward(ShapeWorldReward.from_pretrained()) == "ShapeWorldReward"
     assert describe_reward(ShapeWorldReward.from_pretrained(log_prob=True)) == "ShapeWorldReward(log_prob=True)"
     assert describe_reward(lambda images, prompts: images.mean((1, 2, 3))) == "function"
+
+
+def picky(images, prompts):
+    """A reward that knows circles and squares only (as a ShapeWorld reward knows its own vocabulary)."""
+    unknown = [p for p in prompts if "circle" not in p and "square" not in p]
+    if unknown:
+        raise KeyError(f"cannot read {unknown[0]!r}")
+    return redness(images, prompts)
+
+
+@pytest.mark.parametrize(
+    "reward, extra, match",
+    [
+        (picky, dict(prompts=["a red circle", "a purple hexagon"]), "cannot score the training prompts.*hexagon"),
+        (redness, dict(height=33, width=32), "height = 33 is not a multiple of"),
+    ],
+)
+def test_the_trainer_checks_prompts_and_size_before_any_step(reward, extra, match, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a training step ran before the input was checked")
+
+    monkeypatch.setattr(ReNegTrainer, "loss", refuse)
+    with pytest.raises(ValueError, match=match):
+        ReNegTrainer(get_tiny("sd"), reward, _config("sd", **extra))
