@@ -1,8 +1,9 @@
 """NAG on ShapeWorld without CFG (guidance 1): the bundled SD3-layout model, with and without the NFT LoRA.
 
-Scenarios: "a circle" minus "red" and "a red shape" minus "a red circle". Methods: none (guidance 1), NAG plain and
-perpendicular at the family defaults (sd3: s=4, tau=2.5, alpha=0.125), optional extra NAG scales (``--scales``),
-and CFG-based Perp-Neg at guidance 5 as the reference. Judged by negguide.shapeworld.judge.
+Scenarios: "a circle" minus "red" and "a red shape" minus "a red circle". Methods: none (guidance 1), NAG at the
+family defaults (sd3: s=4, tau=2.5, alpha=0.125), optional extra NAG scales (``--scales``), and CFG-based Perp-Neg
+at guidance 5 as the reference. Judged by negguide.shapeworld.judge. (The README's table also has a perpendicular
+NAG variant, removed on 2026-12-02 after that measurement.)
 
     HF_HUB_OFFLINE=1 python -m experiments.nag_shapeworld.run --seeds 4 --images 16 --steps 20
 """
@@ -28,10 +29,9 @@ SCENARIOS = [
 
 def methods(scales: list[float]) -> list[tuple[str, dict]]:
     out = [("none (guidance 1)", dict(guidance_scale=1.0))]
-    for mode in ("plain", "perpendicular"):
-        out.append((f"NAG {mode} (default s=4)", dict(guidance_scale=1.0, negative_mode="nag", nag_mode=mode)))
-        for s in scales:
-            out.append((f"NAG {mode} s={s:g}", dict(guidance_scale=1.0, negative_mode="nag", nag_mode=mode, s=s)))
+    out.append(("NAG (default s=4)", dict(guidance_scale=1.0, negative_mode="nag", nag=True)))
+    for s in scales:
+        out.append((f"NAG s={s:g}", dict(guidance_scale=1.0, negative_mode="nag", nag=True, s=s)))
     out.append(("Perp-Neg, CFG 5 (reference)", dict(guidance_scale=5.0, negative_mode="cfg")))
     return out
 
@@ -41,9 +41,9 @@ def generate(pipe, prompt: str, negative: str, seed: int, images: int, steps: in
     kwargs = dict(guidance_scale=spec.pop("guidance_scale"))
     if "negative_mode" in spec:
         kwargs.update(negatives=[negative], negative_mode=spec.pop("negative_mode"))
-    if "nag_mode" in spec:
+    if spec.pop("nag", False):
         s = spec.pop("s", None)
-        kwargs["nag"] = NAGSettings(mode=spec.pop("nag_mode"), negative_weights=None if s is None else [s])
+        kwargs["nag"] = NAGSettings(negative_weights=None if s is None else [s])
     out = pipe(
         prompt,
         num_images_per_prompt=images,
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     for model in args.models:
         pipe = load_bench_pipeline()
         if model == "nft":
-            pipe.family_pipeline().load_lora_weights(BUNDLED_NFT_LORA)
+            pipe.load_lora_weights(BUNDLED_NFT_LORA)
             pipe.negguide_cfg_free = True  # DiffusionNFT: meant to run without CFG
         for prompt, negative, (attr, other) in SCENARIOS:
             for name, spec in methods(args.scales):

@@ -8,11 +8,15 @@ projection in the attention: there the processor's output is guided (its image t
 * UNet (SD1.x/2.x, SDXL): the cross-attention ``attn2`` runs once more per active negative, on the same image
   tokens with the negative's embeddings as ``encoder_hidden_states`` (``Z-``), then once for the positive (``Z+``).
 * MMDiT (SD3 joint blocks, Flux joint and single blocks): the negative's text tokens are a stream of their own
-  that evolves block by block beside the (guided) image stream, as in the reference code. A pre-hook on every
-  block up to the last guided one runs the block once per active negative with the negative's text stream: the
-  image tokens attend to it (``Z-`` is kept at the guided attention), the block's text output becomes the
-  negative's stream for the next block and its image output is discarded. The negative's stream is modulated by
-  the call's own ``temb`` (the reference's SD3 code does this; its Flux code uses the negative's pooled text).
+  that evolves block by block beside the (guided) image stream, as in the reference code. In every block up to the
+  last guided one, each active negative's stream attends together with the image tokens, whose queries, keys and
+  values are the positive's: ``Z-`` is that attention's image output, and the block's text side (adaptive norm,
+  projections, feed-forward) makes the negative's stream for the next block. For diffusers' own blocks and
+  processors this runs inside the positive's call of the block (:mod:`negguide.nag.mmdit`): the image stream's
+  norm, projections and feed-forward run once. Any other block or processor is run whole once more per negative,
+  before the positive, by a block pre-hook (its image output discarded); both give the same features. The
+  negative's stream is modulated by the call's own ``temb`` (the reference's SD3 code does this; its Flux code
+  uses the negative's pooled text).
 
 Only the image tokens of the guided rows (``rows``: by default the conditional half of a batched CFG call) change.
 A negative outside its window or of weight 0 is never computed; then every processor runs exactly as without NAG.
@@ -36,6 +40,7 @@ import torch
 
 from negguide.core.families import detect_family, get_adapter
 from negguide.guidance.windows import is_active
+from negguide.nag.mmdit import BlockPass, fast_kind
 from negguide.nag.processor import CallState, NAGProcessor, rows_of
 from negguide.nag.settings import BLOCK_ALIASES, NAGSettings
 
@@ -196,8 +201,12 @@ class NAGHandle:
             self._installed.append((target.module, previous, wrapper))
         self._hooks.append(self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True))
         self._hooks.append(self.denoiser.register_forward_hook(self._after, always_call=True))
-        for block in self._stream_blocks():
-            self._hooks.append(block.register_forward_pre_hook(self._negative_pass(block), with_kwargs=True))
+        blocks = self._stream_blocks()
+        guided = {id(t.module) for t in self.attention}
+        for index, block in enumerate(blocks):
+            plan = (id(block.attn) in guided, index < len(blocks) - 1)  # (guided, a later block reads the stream)
+            self._hooks.append(block.register_forward_pre_hook(self._negative_pass(block, *plan), with_kwargs=True))
+            self._hooks.append(block.register_forward_hook(self._block_done, always_call=True))
         setattr(self.denoiser, ATTR, self)
         return self
 
@@ -285,10 +294,12 @@ class NAGHandle:
         return None
 
     def _after(self, module, args, output):
+        if self.state.block_pass is not None:  # a block raised: stop capturing its projections
+            self.state.block_pass.remove()
         self.state = CallState()  # drops the negatives' streams and features
         return None
 
-    def _negative_pass(self, block: torch.nn.Module):
+    def _negative_pass(self, block: torch.nn.Module, guided: bool, need_stream: bool):
         signature = inspect.signature(block.forward)
 
         def hook(module, args, kwargs):
@@ -296,6 +307,12 @@ class NAGHandle:
             if not state.on:
                 return None
             call = dict(signature.bind(*args, **kwargs).arguments)
+            processor = module.attn.processor
+            inner = processor.inner if isinstance(processor, NAGProcessor) else processor
+            kind = fast_kind(module, inner, call)
+            if kind is not None:  # the negatives run inside this call of the block
+                state.block_pass = BlockPass(module, kind, state, call, guided, need_stream)
+                return None
             call["hidden_states"] = call["hidden_states"][state.rows]
             call["temb"] = rows_of(call["temb"], state.rows, state.total)
             try:
@@ -310,6 +327,17 @@ class NAGHandle:
             return None
 
         return hook
+
+    def _block_done(self, module, args, output):
+        """After a block: the negatives' streams advance (if its processor did not already) and capturing stops."""
+        block_pass = self.state.block_pass
+        if block_pass is None or block_pass.block is not module:
+            return None
+        self.state.block_pass = None
+        block_pass.remove()
+        if output is not None:  # None: the block raised
+            block_pass.run()
+        return None
 
 
 def cfg_rows(pipe) -> Callable[[int], slice]:

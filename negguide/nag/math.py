@@ -5,20 +5,13 @@ has ``eps`` added. Work is done in at least float32 and the result is cast back 
 
 For one guided layer, with the positive's features ``Z+`` and negative ``i``'s ``Z-_i`` (same queries), per token:
 
-    plain:          Z~ = Z+ + sum_i s_i (Z+ - Z-_i)
-    perpendicular:  Z~ = Z+ + sum_i s_i perp(Z+ - Z-_i, Z+),   perp(d, p) = d - <d, p> / (||p||_2^2 + eps) p
-    both:           Z^ = Z~ * min(1, tau (||Z+||_1 + eps) / (||Z~||_1 + eps))
-                    Z  = Z+ + alpha (Z^ - Z+)                         (= alpha Z^ + (1 - alpha) Z+)
+    Z~ = Z+ + sum_i s_i (Z+ - Z-_i)
+    Z^ = Z~ * min(1, tau (||Z+||_1 + eps) / (||Z~||_1 + eps))
+    Z  = Z+ + alpha (Z^ - Z+)                                   (= alpha Z^ + (1 - alpha) Z+)
 
-With one negative and mode "plain" this is the paper's formula (arXiv 2505.21179), its L1 norm ratio clamped at
-``tau`` as the reference code does; the reference's ``nag_scale`` is ``1 + s``. The perpendicular line equals
-``Z+ - sum_i s_i perp(d_i, Z+)`` for the negative directions ``d_i = Z-_i - Z+`` (perp is linear in ``d``).
-``perp`` is :func:`negguide.guidance.combine.perpendicular` applied per token: it drops the part of the push
-``Z+ - Z-_i`` that lies along ``Z+``. Write a negative as ``Z-_i = a Z+ + q`` with ``q`` orthogonal to ``Z+`` (``a Z+``
-is what it shares with the prompt, as "a red circle" shares "red" with "a red shape"): plain NAG gives
-``(1 + s_i (1 - a)) Z+ - s_i q`` and so also shrinks (``a > 1``) or inflates (``a < 1``) the prompt's own features;
-perpendicular NAG gives ``Z+ - s_i q``: only what the negative does not share is pushed away from.
-Writing the blend as ``Z+ + alpha (Z^ - Z+)`` makes a zero push return ``Z+`` bit for bit.
+With one negative this is the paper's formula (arXiv 2505.21179), its L1 norm ratio clamped at ``tau`` as the
+reference code does; the reference's ``nag_scale`` is ``1 + s``. Writing the blend as ``Z+ + alpha (Z^ - Z+)``
+makes a zero push return ``Z+`` bit for bit.
 """
 
 from __future__ import annotations
@@ -27,8 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from negguide.guidance.combine import perpendicular
-from negguide.nag.settings import MODES, NAG_EPS
+from negguide.nag.settings import NAG_EPS
 
 
 def l1_norm(z: torch.Tensor, eps: float = NAG_EPS) -> torch.Tensor:
@@ -36,22 +28,11 @@ def l1_norm(z: torch.Tensor, eps: float = NAG_EPS) -> torch.Tensor:
     return z.abs().sum(dim=-1, keepdim=True) + eps
 
 
-def per_token_perpendicular(d: torch.Tensor, p: torch.Tensor, eps: float = NAG_EPS) -> torch.Tensor:
-    """perp(d, p) = d - <d, p> / (||p||^2 + eps) p for every token: [..., C] x [..., C] -> [..., C]."""
-    width = d.shape[-1]
-    return perpendicular(d.reshape(-1, width), p.reshape(-1, width), eps).reshape(d.shape)  # tokens as samples
-
-
-def extrapolate(
-    z_pos: torch.Tensor, z_negs: Sequence[torch.Tensor], scales: Sequence[float], mode: str = "plain", eps=NAG_EPS
-) -> torch.Tensor:
-    """Z~ = Z+ + sum_i s_i push_i, push_i = Z+ - Z-_i (plain) or perp(Z+ - Z-_i, Z+) (perpendicular): [..., C]."""
+def extrapolate(z_pos: torch.Tensor, z_negs: Sequence[torch.Tensor], scales: Sequence[float]) -> torch.Tensor:
+    """Z~ = Z+ + sum_i s_i (Z+ - Z-_i): [..., C]."""
     guided = z_pos
     for z_neg, scale in zip(z_negs, scales):
-        push = z_pos - z_neg  # [..., C]
-        if mode == "perpendicular":
-            push = per_token_perpendicular(push, z_pos, eps)
-        guided = guided + scale * push
+        guided = guided + scale * (z_pos - z_neg)
     return guided
 
 
@@ -68,14 +49,13 @@ def nag_combine(
     scales: Sequence[float],
     tau: float,
     alpha: float,
-    mode: str = "plain",
     eps: float = NAG_EPS,
 ) -> torch.Tensor:
     """Normalized attention guidance of ``z_pos`` [..., C] away from ``z_negs`` (each [..., C]) with one scale
     ``s_i >= 0`` per negative (see the module docstring for the equations). Negatives of scale 0 are skipped;
     with none left, or ``alpha == 0``, ``z_pos`` itself is returned."""
-    if mode not in MODES:
-        raise ValueError(f"mode = {mode!r} is not one of {MODES}")
+    if isinstance(eps, str):  # the removed ``mode`` argument, given by position
+        raise TypeError(f"nag_combine takes no mode (got {eps!r}): NAG has one formula, the paper's")
     if len(z_negs) != len(scales):
         raise ValueError(f"{len(z_negs)} negative features but {len(scales)} scales: give one scale per negative")
     if tau < 1.0:
@@ -88,6 +68,6 @@ def nag_combine(
         return z_pos
     work = torch.promote_types(z_pos.dtype, torch.float32)
     pos = z_pos.to(work)  # [..., C]
-    guided = extrapolate(pos, [z.to(work) for z, _ in pairs], [s for _, s in pairs], mode, eps)
+    guided = extrapolate(pos, [z.to(work) for z, _ in pairs], [s for _, s in pairs])
     bounded = normalize(guided, pos, tau, eps)
     return (pos + alpha * (bounded - pos)).to(z_pos.dtype)

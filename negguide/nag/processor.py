@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,8 +27,9 @@ class CallState:
     scales: list = field(default_factory=list)
     contexts: dict = field(default_factory=dict)  # negative -> [g, L, D]; MMDiT: its text stream at this block
     text_tokens: int = 0  # the positive's text tokens (Flux single blocks put them before the image tokens)
-    negative: int | None = None  # MMDiT: the negative whose block pass is running
-    captured: dict = field(default_factory=dict)  # (wrapper id, negative) -> Z- [g, N, C]
+    negative: int | None = None  # MMDiT, whole-block pass: the negative whose block pass is running
+    captured: dict = field(default_factory=dict)  # (wrapper id, negative) -> Z- [g, N, C] (whole-block pass)
+    block_pass: Any = None  # MMDiT: the running block's BlockPass (negguide.nag.mmdit), if it has one
 
 
 def rows_of(value, rows: slice, total: int):
@@ -109,7 +110,7 @@ class NAGProcessor:
 
     def _combine(self, negatives: list, scales: list) -> Callable:
         s = self.handle.settings
-        return lambda z: nag_combine(z, negatives, scales, s.tau, s.alpha, s.mode, s.eps)
+        return lambda z: nag_combine(z, negatives, scales, s.tau, s.alpha, s.eps)
 
     def _cross(self, state: CallState, attn, hidden_states, args, kwargs):
         text = args[0] if args else kwargs.get("encoder_hidden_states")
@@ -142,11 +143,20 @@ class NAGProcessor:
         return output
 
     def _guide(self, state: CallState, attn, hidden_states, args, kwargs):
-        keys = [(id(self), i) for i in state.active]
-        pairs = [(state.captured.pop(k), s) for k, s in zip(keys, state.scales) if k in state.captured]
-        if not pairs:
-            return self.inner(attn, hidden_states, *args, **kwargs)
-        combine = self._combine([p[0] for p in pairs], [p[1] for p in pairs])
+        block_pass = state.block_pass
+        if block_pass is not None and block_pass.attn is attn:  # Z- computed here, from the positive's projections
+            negatives = block_pass.run
+        else:  # Z- captured by the whole-block passes that ran before this call
+            found = {i: state.captured.pop((id(self), i)) for i in state.active if (id(self), i) in state.captured}
+            if not found:
+                return self.inner(attn, hidden_states, *args, **kwargs)
+            negatives = lambda: found
+
+        def combine(z: torch.Tensor) -> torch.Tensor:
+            z_negs = negatives()
+            pairs = [(z_negs[i], s) for i, s in zip(state.active, state.scales) if i in z_negs]
+            return self._combine([p[0] for p in pairs], [p[1] for p in pairs])(z)
+
         rows = state.rows
         if self.kind == "joint":
             replace = lambda z: put_rows(z, rows, combine(z[rows]))

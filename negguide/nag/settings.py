@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from negguide.core.settings import Settings, setting, validate
 from negguide.guidance.windows import FULL_WINDOW, validate_window
 
-MODES = ("plain", "perpendicular")
 NAG_EPS = 1e-6  # added to every norm (a zero feature vector is left alone instead of dividing 0 by 0)
 
 #: the block selectors of each family: an alias, or a module-name prefix such as "up_blocks.1" or
@@ -59,9 +58,8 @@ class NAGSettings(Settings):
 
     Each negative ``i`` has a weight ``s_i >= 0`` and a window ``(start, end)`` in fractions of the sampling run;
     outside its window, or with weight 0, its attention is never computed. ``None`` fields take the family's
-    default (:data:`FAMILY_DEFAULTS`) in :meth:`resolved`. ``mode="perpendicular"`` pushes each token only
-    along the part of its negative direction that is orthogonal to the positive feature
-    (see :func:`negguide.nag.math.nag_combine`).
+    default (:data:`FAMILY_DEFAULTS`) in :meth:`resolved`. The formula is the paper's
+    (:func:`negguide.nag.math.nag_combine`).
     """
 
     negatives: list[str] = setting([], "negative prompts (or give encoded embeddings to the hooks)")
@@ -98,7 +96,6 @@ class NAGSettings(Settings):
         step=0.025,
         hint="a fraction in [0, 1]; 0 switches NAG off",
     )
-    mode: str = setting("plain", "plain (the paper) or perpendicular", choices=MODES)
     blocks: tuple[str, ...] | None = setting(
         None, "attention blocks: down/mid/up (UNet), joint/single (transformers) or module-name prefixes"
     )

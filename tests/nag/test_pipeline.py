@@ -202,7 +202,7 @@ def test_custom_and_module_processors_are_wrapped_and_restored():
         (dict(negative_weights=[-1.0]), ValueError, "negative_weights"),
         (dict(negative_weights=[1.0, 2.0]), ValueError, "one weight per negative"),
         (dict(negative_windows=[(0.8, 0.2)]), ValueError, "reversed"),
-        (dict(mode="sideways"), ValueError, "mode"),
+        (dict(mode="perpendicular"), TypeError, "mode"),  # the variant was removed (experiments/nag_shapeworld)
         (dict(blocks=[]), TypeError, "blocks"),
         (dict(eps=0.0), ValueError, "eps"),
     ],
