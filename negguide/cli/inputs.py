@@ -53,7 +53,7 @@ def lora_target(pipe, path: str):
         raise ValueError(f"LoRA {path!r} is not a .safetensors file (negguide never unpickles weights)")
     if os.path.exists(path):
         check_lora_file(path)
-    target = pipe if hasattr(pipe, "load_lora_weights") else pipe.family_pipeline()
+    target = pipe  # negguide's pipelines forward LoRA loading to the family pipeline (negguide.perpneg.mixins)
     if not hasattr(target, "load_lora_weights"):
         raise ValueError(f"{type(target).__name__} cannot load LoRA weights")
     try:

@@ -15,8 +15,8 @@ examples:
   negguide train-nft --reward shapeworld@1.0 --reward clip=./clip@0.1 --beta 0.1 --out runs/mix
 
 A run resumes from OUT/checkpoint when it exists (asking for more --steps continues it). It writes OUT/lora and
-OUT/lora_ema (diffusers LoRA folders: pipe.load_lora_weights("OUT/lora"); for a PerpNegPipeline use
-pipe.family_pipeline().load_lora_weights), OUT/reward_curve.png and, with an accuracy, OUT/accuracy_curve.png.
+OUT/lora_ema (diffusers LoRA folders: pipe.load_lora_weights("OUT/lora"), a PerpNegPipeline too),
+OUT/reward_curve.png and, with an accuracy, OUT/accuracy_curve.png.
 """
 
 from __future__ import annotations

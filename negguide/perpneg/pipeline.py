@@ -47,6 +47,7 @@ from negguide.nag.routing import (  # noqa: F401 (NEGATIVE_MODES: re-exported)
 )
 from negguide.nag.settings import NAGSettings
 from negguide.negtome.settings import NegToMeSettings
+from negguide.perpneg.mixins import FamilyMixins, carry_offload
 from negguide.perpneg.settings import PerpNegSettings
 
 UNCOND = "uncond"
@@ -75,13 +76,14 @@ UNSUPPORTED_WITH_BRANCHES = (
 )
 
 
-class PerpNegPipeline(DiffusionPipeline):
+class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
     """Text-to-image with several weighted negative prompts that remove only what they do not share with the prompt.
 
     Works on the components of a StableDiffusion(XL|3)Pipeline or FluxPipeline; the family is detected from the
     denoiser. The call takes the family's diffusers arguments with their meaning (``negative_prompt`` and
     ``negative_prompt_embeds`` still set the unconditional branch ``u``, so a learned negative embedding plugs in
-    there) plus the Perp-Neg arguments of :class:`PerpNegSettings`.
+    there) plus the Perp-Neg arguments of :class:`PerpNegSettings`. LoRA, textual inversion, CPU offload, VAE
+    tiling/slicing and attention backends go to the family pipeline or a component (:mod:`negguide.perpneg.mixins`).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->unet->transformer->vae"
@@ -156,6 +158,7 @@ class PerpNegPipeline(DiffusionPipeline):
                 k: self.config[k] for k in ("requires_safety_checker", "force_zeros_for_empty_prompt") if k in optional
             }
             inner = cls(**modules, **extra)
+            carry_offload(self._inner_cache[1], inner)
             self._inner_cache = (key, inner)
         inner = self._inner_cache[1]
         inner.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
