@@ -14,6 +14,8 @@ _EXPORTS = {
     "view_weights": "negguide.guidance.views",
     "sds_gradient": "negguide.guidance.views",
     "perp_neg_combine": "negguide.guidance.combine",
+    "PerpNegGuider": "negguide.guiders.perpneg",
+    "NAGGuider": "negguide.guiders.nag",
 }
 
 __all__ = sorted(_EXPORTS)

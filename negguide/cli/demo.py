@@ -1,7 +1,7 @@
-"""``negguide demo``: start the Gradio app (``demos/app.py`` of a source checkout).
+"""``negguide demo``: start the Gradio app (``demos/app.py``).
 
-The app is not part of the installed package (``demos/`` sits next to ``negguide/``, like ``benchmarks/``); this
-launcher loads it by path, so ``negguide demo`` works from an editable install (``pip install -e ".[demo]"``).
+The app's one copy is ``demos/app.py`` of the repository; a wheel carries it as package data (``negguide._demo``).
+This launcher loads it by path from wherever it is, so ``negguide demo`` works from a wheel and from a checkout.
 The flags are parsed here, before the app (gradio, torch) loads: ``--help`` and a bad flag answer at once.
 """
 
@@ -12,10 +12,11 @@ import importlib.util
 import os
 import sys
 
+from negguide._resources import data_folder
 from negguide.cli.errors import ArgumentParser, UsageError
 from negguide.cli.flags import ranged
 
-APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "demos", "app.py")
+APP = os.path.join(data_folder("negguide._demo"), "app.py")
 MODULE = "negguide_demo_app"
 QUEUE_SIZE = 8
 MAX_UPLOAD_MB = 256  # every upload (an image, an embedding, a LoRA) at most this many MiB
@@ -100,8 +101,8 @@ def load_app():
     path = os.path.normpath(APP)
     if not os.path.isfile(path):
         raise UsageError(
-            f"the demo lives in a source checkout's demos/app.py ({path} is missing): "
-            "clone the repository and pip install -e '.[demo]'"
+            "the demo app is missing from this installation (demos/app.py): reinstall negguide "
+            "(pip install --force-reinstall 'negguide[demo]') or run it from a source checkout"
         )
     spec = importlib.util.spec_from_file_location(MODULE, path)
     module = importlib.util.module_from_spec(spec)

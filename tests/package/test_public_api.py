@@ -29,6 +29,8 @@ def _imported_after(statement: str) -> set[str]:
         ("import negguide.negtome", {"torch"}),  # the pure merge math; hooks and pipeline load on use
         ("import negguide.perpneg", {"torch"}),
         ("import negguide.nft", {"torch"}),
+        ("import negguide.guiders", set()),
+        ("import negguide.nag", set()),
     ],
 )
 def test_imports_stay_light(statement, allowed):
