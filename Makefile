@@ -40,7 +40,8 @@ format: setup
 # writes outputs/compare/grid.png and one PNG per image
 compare: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide generate "a red shape" -n "a red circle" -w 1.5 \
-		--compare none plain perp-neg negtome reneg nft-lora --batch 8 --steps 20 --out outputs/compare --overwrite
+		--compare none plain perp-neg nag negtome reneg nft-lora \
+		--with-negatives --batch 8 --steps 20 --out outputs/compare --overwrite
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/negguide demo

@@ -27,9 +27,12 @@ import gradio as gr
 from negguide.cli import demo_gradio as dg
 from negguide.cli import demo_security as sec
 from negguide.cli import generation as gen
+from negguide.cli.comparison import describe, grid_image, score_line
 from negguide.cli.demo import MAX_UPLOAD_MB, QUEUE_SIZE, build_parser
 from negguide.cli.demo_state import exclusive
 from negguide.cli.errors import user_input
+from negguide.nag.settings import FAMILY_DEFAULTS as NAG_DEFAULTS
+from negguide.nag.settings import NAGSettings
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
@@ -96,6 +99,7 @@ def make_handler(pipe, allow: sec.AllowList | None = None):
         start_3=None,
         end_3=None,
         with_negatives=None,
+        nag_scale=None,
         reference=None,
         reference_mask=None,
         reneg_choice=None,
@@ -134,25 +138,26 @@ INPUTS = tuple(inspect.signature(make_handler(None, sec.AllowList())).parameters
 def outputs(pipe, request, progress=None) -> tuple:
     """(gallery items with the judge's reading as captions, the comparison grid, a Markdown summary)."""
     results, request_id = gen.run(pipe, request, progress=progress), uuid.uuid4().hex
-    described = gen.describe(request)
+    described = describe(request)
     gallery = [
         (_labelled(_display(img), f"{described}; {r.method} #{i + 1}", request_id), caption)
         for r in results
         for i, img in enumerate(r.images)
         for caption in [f"{r.method} #{i + 1}" + (f": {r.readings[i]}" if r.readings else "")]
     ]
-    return gallery, _labelled(gen.grid_image(results, described), described, request_id), _summary(results)
+    return gallery, _labelled(grid_image(results, described), described, request_id), _summary(results)
 
 
 def _summary(results) -> str:
     judged = results[0].readings is not None
     lines = [
-        "| method | seconds |" + (" ShapeWorld judge's reading |" if judged else ""),
-        "|---|---|" + ("---|" if judged else ""),
+        "| method | with the negatives | seconds |" + (" judged | ShapeWorld judge's reading |" if judged else ""),
+        "|---|---|---|" + ("---|---|" if judged else ""),
     ]
     for r in results:
         readings = ", ".join(r.readings).replace("|", " + ") if judged else ""
-        lines.append(f"| {r.method} | {r.seconds:.1f} |" + (f" {readings} |" if judged else ""))
+        judged_cells = f" {score_line(r.scores)} | {readings} |" if judged else ""
+        lines.append(f"| {r.method} | {r.role} | {r.seconds:.1f} |" + judged_cells)
     return "\n".join(lines)
 
 
@@ -226,9 +231,20 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
                             ),
                             _slider({**pn["negative_windows"], "help": None}, "to", 1.0, scale=2),
                         ]
-                with_negatives = gr.Checkbox(
-                    False, label="also apply the negatives (Perp-Neg) in " + ", ".join(gen.COMPOSABLE)
-                )
+                with gr.Row():
+                    with_negatives = gr.Checkbox(
+                        False,
+                        label="also apply the negatives in "
+                        + ", ".join(gen.COMPOSABLE)
+                        + " (Perp-Neg; NAG for nft-lora, whose LoRA runs without CFG)",
+                        scale=3,
+                    )
+                    nag_scale = _slider(
+                        {**NAGSettings.field_specs()["negative_weights"], "help": "nag row: s per negative"},
+                        "NAG scale",
+                        NAG_DEFAULTS.get(pipe.family, NAG_DEFAULTS["sd3"])["weight"],
+                        scale=2,
+                    )
                 with gr.Row():
                     seed = _slider(sampling["seed"], "seed", precision=0)
                     steps = _slider(sampling["steps"], "steps", example["steps"], precision=0)
@@ -299,6 +315,7 @@ def build_app(pipe, run_example: bool | None = None, example: dict | None = None
             guidance,
             *negatives,
             with_negatives,
+            nag_scale,
             reference,
             reference_mask,
             reneg,

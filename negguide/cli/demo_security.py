@@ -347,6 +347,7 @@ def request_from_form(form: dict, allow: AllowList, rows: int = 3) -> tuple:
             guidance_scale=num("guidance_scale", "guidance scale"),
         ),
         negtome_overrides=negtome if flag(form.get("negtome_custom"), "custom NegToMe settings") else {},
+        nag_overrides={} if form.get("nag_scale") is None else {"negative_weights": [num("nag_scale", "NAG scale")]},
         reference_image=reference,
         reference_mask=mask,
         reneg=reneg,

@@ -8,6 +8,8 @@ examples:
   # two negatives, the second one delayed to the last 70% of the steps
   negguide generate "a shape" -n red -n triangle --negative-weight 1.0 --negative-weight 2.0 \\
       --negative-window 0 1 --negative-window 0.3 1
+  # without CFG (guidance 1, as on distilled and few-step models) the negatives act inside attention (NAG)
+  negguide generate "a circle" -n red --compare none nag --guidance-scale 1
   # NegToMe away from a reference image (optionally only inside a mask; white = the region to avoid)
   negguide generate "a circle" --method negtome-reference --reference red_circle.png --reference-mask mask.png
   # a learned negative embedding (negguide train-reneg) or a DiffusionNFT LoRA
@@ -24,6 +26,7 @@ import argparse
 import os
 import time
 
+from negguide.cli.comparison import describe, score_line
 from negguide.cli.errors import ArgumentParser, UsageError, user_input
 from negguide.cli.flags import add_setting_flags, check_device, check_model
 from negguide.cli.generation import (
@@ -33,7 +36,6 @@ from negguide.cli.generation import (
     METHODS,
     GenerateRequest,
     SamplingSettings,
-    describe,
     load_pipeline,
     prepare,
     prepare_output,
@@ -41,6 +43,7 @@ from negguide.cli.generation import (
     save,
 )
 from negguide.cli.inputs import check_lora_file, is_hub_id, one_line
+from negguide.nag.settings import NAGSettings
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         ["height"],
         overrides={"height": {"flag": "--size", "help": "height and width in pixels", "shown": "the model's"}},
     )
-    g = p.add_argument_group("negatives (plain, perp-neg; with --with-negatives also the other methods)")
+    g = p.add_argument_group("negatives (plain, perp-neg, nag; with --with-negatives also the other methods)")
     g.add_argument(
         "--negative", "-n", action="append", default=[], help=f"a negative prompt (repeatable, up to {MAX_NEGATIVES})"
     )
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--with-negatives",
         action="store_true",
-        help=f"also remove the negatives with Perp-Neg in {', '.join(COMPOSABLE)}",
+        help=f"also remove the negatives in {', '.join(COMPOSABLE)} (Perp-Neg; NAG where CFG is off or for nft-lora)",
     )
     from negguide.shapeworld.bench_negtome import DIVERSITY_SETTINGS as D
     from negguide.shapeworld.bench_negtome import REFERENCE_SETTINGS as R
@@ -141,6 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--reference", help="reference image for negtome-reference (resized to the output size)")
     g.add_argument("--reference-mask", help="mask of the reference, white = the region to avoid")
+    g = p.add_argument_group(
+        "NAG (nag; with --with-negatives also nft-lora, whose LoRA runs CFG-free)",
+        description="Unset flags keep the family's defaults (negguide.nag.FAMILY_DEFAULTS).",
+    )
+    nag_unset = {"default": None, "shown": "the family's"}
+    add_setting_flags(
+        g,
+        NAGSettings,
+        ["negative_weights", "tau", "alpha"],
+        prefix="nag-",
+        overrides={
+            "negative_weights": {
+                **nag_unset,
+                "flag": "--nag-scale",
+                "nargs": None,
+                "metavar": "S",
+                "help": "NAG's scale s for every negative (the reference code's nag_scale minus 1)",
+            },
+            "tau": nag_unset,
+            "alpha": nag_unset,
+        },
+    )
     g = p.add_argument_group("ReNeg and DiffusionNFT")
     g.add_argument(
         "--reneg", help="negative embedding .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)"
@@ -172,12 +197,15 @@ def request_from_args(args) -> GenerateRequest:
             batch_reference=args.negtome_batch_reference,
             window=tuple(args.negtome_window) if args.negtome_window else None,
         )
+        scale = args.nag_scale
+        nag = dict(negative_weights=None if scale is None else [scale], tau=args.nag_tau, alpha=args.nag_alpha)
         return GenerateRequest(
             prompt=args.prompt,
             methods=tuple(args.compare or [args.method]),
             perp_neg=perp_neg,
             sampling=sampling,
             negtome_overrides={k: v for k, v in negtome.items() if v is not None},
+            nag_overrides={k: v for k, v in nag.items() if v is not None},
             reference_image=args.reference,
             reference_mask=args.reference_mask,
             reneg=args.reneg,
@@ -228,11 +256,13 @@ def main(argv=None) -> None:
         pipe = load_pipeline(args.model, args.device, args.dtype)
         prepared = prepare(pipe, request)
     start = time.perf_counter()
-    results = run(pipe, request, prepared=prepared)
+    results = run(pipe, request, prepared=prepared, warmup=len(request.methods) > 1)
     paths = save(results, args.out, describe(request))
     for result in results:
         reading = f": {', '.join(result.readings)}" if result.readings else ""
         print(f"{result.method} ({result.seconds:.1f} s){reading}")
+        if result.role or result.scores:
+            print(f"    {result.role}" + (f"; {score_line(result.scores)}" if result.scores else ""))
     print(f"wrote {len(paths) - 1} images and the grid {paths[-1]} in {time.perf_counter() - start:.1f} s")
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from negguide.cli.comparison import grid_image, judge_scores, negative_role
 from negguide.cli.flags import check_device, check_model, load_model
 from negguide.cli.inputs import lora_path, lora_target, lora_weights, one_line, open_image, reneg_kwargs
 from negguide.core.settings import Settings, setting, validate
+from negguide.nag.settings import NAGSettings
 from negguide.negtome.settings import NegToMeSettings
 from negguide.perpneg.settings import PerpNegSettings
 
@@ -23,12 +25,13 @@ METHODS = {
     "none": "the prompt alone (classifier-free guidance), the baseline",
     "plain": "the negatives as diffusers' negative_prompt (they replace the unconditional branch)",
     "perp-neg": "the negatives with Perp-Neg: weights, windows, only what they do not share with the prompt",
+    "nag": "the negatives inside attention (NAG), for models that run without CFG (pair it with guidance scale 1)",
     "negtome": "NegToMe batch diversity: each image pushed away from the rest of its batch",
     "negtome-reference": "NegToMe away from a reference image (optionally only inside a mask)",
     "reneg": "a learned negative embedding (ReNeg) as the unconditional branch",
     "nft-lora": "a DiffusionNFT LoRA on the denoiser",
 }
-USES_NEGATIVES = ("plain", "perp-neg")
+USES_NEGATIVES = ("plain", "perp-neg", "nag")
 COMPOSABLE = ("negtome", "negtome-reference", "reneg", "nft-lora")  # --with-negatives adds Perp-Neg to these
 MAX_PROMPT_CHARS = 300
 MAX_NEGATIVES = 8
@@ -56,6 +59,7 @@ class GenerateRequest(Settings):
     sampling: SamplingSettings = setting(default_factory=SamplingSettings, help="seed, steps, size, batch, scale")
     negtome: NegToMeSettings | None = None  # None: the model's preset (the bundled model: tuned on ShapeWorld)
     negtome_overrides: dict = setting({}, "NegToMeSettings fields replaced in the settings or preset")
+    nag_overrides: dict = setting({}, "NAGSettings fields replaced in the family's defaults (nag; NAG elsewhere)")
     reference_image: Any = None  # PIL image or path (negtome-reference)
     reference_mask: Any = None  # PIL image or path, white = the region to avoid
     reneg: str | None = None  # .safetensors (default on a bundled ShapeWorld model, SD3 or SD: its own)
@@ -80,10 +84,11 @@ class GenerateRequest(Settings):
         for i, text in enumerate(self.perp_neg.negatives):
             if not text.strip() or len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"negative {i + 1} is empty or longer than {MAX_PROMPT_CHARS} characters")
-        try:
-            NegToMeSettings(**self.negtome_overrides)  # check the values before any compute
-        except TypeError as error:
-            raise ValueError(one_line(error)) from None
+        for cls, overrides in ((NegToMeSettings, self.negtome_overrides), (NAGSettings, self.nag_overrides)):
+            try:
+                cls(**overrides)  # check the values before any compute
+            except TypeError as error:
+                raise ValueError(one_line(error)) from None
         needs = [m for m in self.methods if m in USES_NEGATIVES] + (
             [m for m in self.methods if m in COMPOSABLE] if self.with_negatives else []
         )
@@ -101,6 +106,8 @@ class MethodResult:
     images: list  # PIL images
     readings: list | None  # the ShapeWorld judge's reading of each image (bundled model only)
     seconds: float
+    role: str = ""  # what the row does with the negatives (comparison.negative_role)
+    scores: dict | None = None  # the judge's figures of the row (bundled model only): comparison.judge_scores
 
 
 # ---------------------------------------------------------------------------------------------------- the model
@@ -110,16 +117,11 @@ def is_bundled(model: str | None) -> bool:
 
 
 def shapeworld_model(model: str | None) -> str | None:
-    """ "sd3" for the default (bundled SD3) model, "sd" for the bundled SD (UNet) model, else None."""
-    from negguide.shapeworld.assets import DEFAULT_MODEL
+    """ "sd3" for the default (bundled SD3) model, "sd" for the bundled SD (UNet) model (a copy of either too),
+    else None."""
+    from negguide.shapeworld.assets import bundled_model_kind
 
-    if model is None:
-        return "sd3"
-    sd_model = os.path.join(os.path.dirname(DEFAULT_MODEL), "sd")
-    for name, folder in (("sd3", DEFAULT_MODEL), ("sd", sd_model)):
-        if os.path.isdir(model) and os.path.isdir(folder) and os.path.samefile(model, folder):
-            return name
-    return None
+    return bundled_model_kind(model)
 
 
 def load_pipeline(model: str | None = None, device: str | None = None, dtype: str = "float32"):
@@ -201,8 +203,12 @@ def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
         return dict(
             negatives, positives=pn.positives, positive_weights=pn.positive_weights, perp_neg_eps=pn.eps
         ), contextlib.nullcontext()
+    if method == "nag":
+        return dict(negatives, negative_mode="nag", nag=NAGSettings(**request.nag_overrides)), contextlib.nullcontext()
     if method in COMPOSABLE and request.with_negatives:
         kwargs.update(negatives)
+        if request.nag_overrides:  # where the negatives go through NAG (CFG off, or a CFG-free LoRA)
+            kwargs["nag"] = NAGSettings(**request.nag_overrides)
     context = contextlib.nullcontext()
     if method in ("negtome", "negtome-reference"):
         settings = request.negtome if request.negtome is not None else negtome_preset(pipe, method)
@@ -220,8 +226,33 @@ def _method_call(pipe, method: str, request: GenerateRequest, size: tuple):
     elif method == "nft-lora":
         path = lora_path(pipe, request.lora)
         lora_target(pipe, path)
-        context = lora_weights(pipe, path, request.lora_scale)
+        context = _stacked(lora_weights(pipe, path, request.lora_scale), cfg_free(pipe))
     return kwargs, context
+
+
+@contextlib.contextmanager
+def cfg_free(pipe):
+    """Flag the pipeline CFG-free while a DiffusionNFT LoRA is loaded (it is trained to run without CFG): with
+    negatives, ``negative_mode="auto"`` then sends them through NAG."""
+    from negguide.nag.routing import CFG_FREE_ATTR
+
+    before = pipe.__dict__.get(CFG_FREE_ATTR, None)
+    setattr(pipe, CFG_FREE_ATTR, True)
+    try:
+        yield
+    finally:
+        if before is None:
+            pipe.__dict__.pop(CFG_FREE_ATTR, None)
+        else:
+            setattr(pipe, CFG_FREE_ATTR, before)
+
+
+@contextlib.contextmanager
+def _stacked(*contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
 
 
 def check_request(pipe, request: GenerateRequest, d: dict | None = None) -> tuple:
@@ -260,10 +291,12 @@ def run(
     request: GenerateRequest,
     progress: Callable[[float, str], None] | None = None,
     prepared: PreparedRun | None = None,
+    warmup: bool = False,
 ) -> list[MethodResult]:
     """Every method of ``request`` with the same seed (the same initial noise); the judge reads the bundled model's
     images. ``progress(fraction, text)`` is called after every denoising step. ``prepared``: :func:`prepare`'s
-    result when the caller checked the request already."""
+    result when the caller checked the request already. ``warmup``: run one step of every method before the timed
+    rows."""
     import torch
 
     p = prepared or prepare(pipe, request)
@@ -276,9 +309,19 @@ def run(
                 progress((index + (step + 1) / steps) / len(calls), f"{method}: step {step + 1}/{steps}")
             return tensors
 
-        start = time.perf_counter()
         call = {**defaults["extra"], **kwargs}
         with context:
+            if warmup:  # one step first, so the row's time holds no one-time cost (first calls, allocations)
+                pipe(
+                    request.prompt,
+                    num_inference_steps=1,
+                    height=height,
+                    width=width,
+                    output_type="latent",
+                    **{defaults["scale_argument"]: scale},
+                    **call,
+                )
+            start = time.perf_counter()
             output = pipe(
                 request.prompt,
                 num_inference_steps=steps,
@@ -291,43 +334,17 @@ def run(
                 output_type="pil",
                 **call,
             )
+        seconds = time.perf_counter() - start
         images = list(output.images)
-        readings = None
+        readings = scores = None
         if defaults["bundled"]:
             from negguide.shapeworld.bench import judge_reading
 
             readings = [judge_reading(np.asarray(img.convert("RGB"))) for img in images]
-        results.append(MethodResult(method, images, readings, time.perf_counter() - start))
+            scores = judge_scores(images, request)
+        role = negative_role(method, request, getattr(pipe, "family", ""))
+        results.append(MethodResult(method, images, readings, seconds, role, scores))
     return results
-
-
-def grid_image(results: list[MethodResult], title: str = "", min_tile: int = 128):
-    """One row per method, the images side by side (scaled up, pixel-exact), the judge's reading under each."""
-    from PIL import Image, ImageDraw
-
-    w, h = results[0].images[0].size
-    zoom = max(1, min_tile // max(w, h))
-    tw, th = w * zoom, h * zoom
-    label_w, head, foot = 130, 22 if title else 4, 16 if results[0].readings else 2
-    columns = max(len(r.images) for r in results)
-    canvas = Image.new("RGB", (label_w + columns * (tw + 4), head + len(results) * (th + foot + 4)), (236, 236, 236))
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 4), title[:200], fill="black")
-    for r, result in enumerate(results):
-        y = head + r * (th + foot + 4)
-        draw.multiline_text((4, y + 4), f"{result.method}\n{result.seconds:.1f} s", fill="black")
-        for c, img in enumerate(result.images):
-            x = label_w + c * (tw + 4)
-            canvas.paste(img.convert("RGB").resize((tw, th), Image.NEAREST), (x, y))
-            if result.readings:
-                draw.text((x + 2, y + th + 2), result.readings[c], fill=(70, 70, 70))
-    return canvas
-
-
-def describe(request: GenerateRequest) -> str:
-    negatives = ", ".join(f"{t} ({w:g})" for t, w in zip(request.perp_neg.negatives, request.perp_neg.negative_weights))
-    return f"{request.prompt}" + (f"  minus  {negatives}" if negatives else "") + f"  seed {request.sampling.seed}"
 
 
 #: the record of what a run wrote in its output folder, so a later run with overwrite removes exactly those files

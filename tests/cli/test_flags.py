@@ -9,6 +9,7 @@ from negguide.cli import bench, generate, train_nft, train_reneg
 from negguide.cli.errors import UsageError
 from negguide.cli.generation import GenerateRequest, SamplingSettings
 from negguide.core.settings import field_default, field_specs, interval
+from negguide.nag.settings import NAGSettings
 from negguide.negtome.settings import NegToMeSettings
 from negguide.nft.config import NFTConfig
 from negguide.perpneg.settings import PerpNegSettings
@@ -26,6 +27,7 @@ EXPECTED = {  # command -> {settings class: the fields it has flags for}
         SamplingSettings: set(field_specs(SamplingSettings)),
         PerpNegSettings: {"negative_weights", "negative_windows"},
         NegToMeSettings: {"alpha", "threshold", "window", "batch_reference"},
+        NAGSettings: {"negative_weights", "tau", "alpha"},
         GenerateRequest: {"lora_scale"},
     },
     "bench": {BenchSettings: {"perp_neg_weight"}},
@@ -69,7 +71,7 @@ def test_flags_equal_the_field_metadata(command):
             assert action.nargs == spec["length"], where
         expected = None if (command, action.dest) in UNSET else field_default(cls, name)
         assert action.default == expected, where
-        assert spec["help"].replace("%", "%%") in action.help or action.dest in ("size", "negative_weights"), where
+        assert spec["help"].replace("%", "%%") in action.help or action.dest in ("size", "negative_weights", "nag_scale"), where
     assert found == EXPECTED[command]
 
 

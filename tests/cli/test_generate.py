@@ -86,6 +86,7 @@ def readings(stdout: str, method: str) -> list[str]:
                 "1",
             ],
         ),
+        ("nag", ["-n", "red", "--guidance-scale", "1", "--nag-scale", "3", "--nag-tau", "2", "--nag-alpha", "0.5"]),
         ("negtome", ["--negtome-alpha", "1.2"]),
         ("negtome-reference", ["REFERENCE"]),
         ("reneg", ["RENEG"]),
@@ -130,6 +131,30 @@ def test_compare_uses_the_same_seed_and_unloads_the_lora(run, assets):
     assert np.array_equal(check_images(folder, "none", 2)[0], none[0])
     code, out, err, folder = run("a red shape", "--method", "none", *SMALL, "--seed", "1")
     assert not np.array_equal(check_images(folder, "none", 2)[0], none[0])
+
+
+def test_nag_rows_pass_their_settings_and_the_lora_row_routes_negatives_to_nag(run, assets, monkeypatch):
+    """The nag row calls the pipeline with negative_mode='nag' and the --nag-* values; nft-lora with negatives runs
+    with the pipeline flagged CFG-free (auto mode: NAG), and the flag is gone afterwards."""
+    from negguide.nag.routing import CFG_FREE_ATTR
+    from negguide.perpneg.pipeline import PerpNegPipeline
+
+    seen = []
+    call = PerpNegPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("num_inference_steps") != 1:  # not the warm-up step of a comparison
+            seen.append((kwargs.get("negative_mode", "auto"), kwargs.get("nag"), self.cfg_free()))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(PerpNegPipeline, "__call__", spy)
+    extra = ["-n", "red", "--nag-scale", "3", "--with-negatives", "--lora", assets["lora"]]
+    code, out, err, folder = run("a circle", "--compare", "nag", "nft-lora", *SMALL, *extra)
+    assert code == 0, err
+    (mode, nag, free), (lora_mode, lora_nag, lora_free) = seen
+    assert mode == "nag" and nag.negative_weights == [3.0] and not free
+    assert lora_mode == "auto" and lora_nag.negative_weights == [3.0] and lora_free
+    assert not any(CFG_FREE_ATTR in vars(p) for p in [gen.load_pipeline()])
 
 
 def test_reneg_defaults_to_the_bundled_embedding(run, assets, monkeypatch):

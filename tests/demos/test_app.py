@@ -91,7 +91,9 @@ def test_binds_to_localhost_with_a_bounded_queue(server):
     assert demo.api_open is False, "direct POST /run/<endpoint> would skip the queue"
 
 
-@pytest.mark.parametrize("method", ["none", "plain", "perp-neg", "negtome", "negtome-reference", "reneg", "nft-lora"])
+@pytest.mark.parametrize(
+    "method", ["none", "plain", "perp-neg", "nag", "negtome", "negtome-reference", "reneg", "nft-lora"]
+)
 def test_every_method(client, assets, method):
     inputs = dict(
         prompt="a circle",
@@ -111,6 +113,8 @@ def test_every_method(client, assets, method):
             reference_mask=gradio_client.handle_file(assets["mask"]),
         )
     inputs.update(reneg_file=gradio_client.handle_file(assets["reneg"]), lora_file=lora_file(assets), lora_scale=0.8)
+    if method == "nag":
+        inputs.update(guidance_scale=1.0, nag_scale=3.0)
     check_outputs(generate(client, **inputs), [method])
 
 
@@ -196,6 +200,7 @@ def test_progress_is_reported_per_step(app, pipe):
         start_3=0.0,
         end_3=1.0,
         with_negatives=False,
+        nag_scale=4.0,
         reference=None,
         reference_mask=None,
         reneg_choice=None,

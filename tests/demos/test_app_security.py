@@ -433,6 +433,9 @@ FUZZ = [
     (dict(weight_2={"x": 1}), "weight 2 must be a number, got an object"),
     (dict(methods=["perp-neg"], negative_1="red", start_1=0.9, end_1=0.1), "is reversed"),
     (dict(with_negatives="yes"), "must be true or false"),
+    (dict(nag_scale="strong"), "NAG scale must be a number, got text"),
+    (dict(nag_scale=-1), "negative_weights[0] = -1.0 is outside"),
+    (dict(nag_scale=INF), "NAG scale = inf is not a finite number"),
     (dict(negtome_custom=True, negtome_alpha=50), "alpha = 50.0 is outside"),
     (dict(negtome_custom=True, negtome_alpha=1e300), "NegToMe alpha is far outside its range"),
     (dict(negtome_custom=1), "must be true or false"),
@@ -463,14 +466,16 @@ def test_the_server_still_generates_after_the_hostile_values(server, client, def
 @pytest.mark.parametrize(
     "body, expected",
     [
-        (json.dumps({"data": [1, 2]}), "error: the request has 2 values; this endpoint takes 32"),
+        (json.dumps({"data": [1, 2]}), "error: the request has 2 values; this endpoint takes {inputs}"),
         (json.dumps({"data": "x"}), "http 422"),
         (json.dumps({"nothing": []}), "http 422"),
         ("{not json", "http 422"),
-        ('{"data": [NaN, Infinity' + ", null" * 30 + "]}", "error: the prompt must be text, got a number"),
+        ('{"data": [NaN, Infinity' + "{nulls}]}", "error: the prompt must be text, got a number"),
     ],
 )
-def test_malformed_bodies_are_refused(server, client, defaults, body, expected):
+def test_malformed_bodies_are_refused(app, server, client, defaults, body, expected):
+    inputs = len(app.INPUTS)  # the form's values, one per input component
+    body, expected = body.replace("{nulls}", ", null" * (inputs - 2)), expected.format(inputs=inputs)
     event, message = raw_call(server[1], defaults, body=body)
     assert f"{event}: {message}".startswith(expected), (event, message)
     if event == "error":
