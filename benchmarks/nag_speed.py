@@ -1,10 +1,10 @@
 """Cost of NAG (normalized attention guidance), as time-per-step ratios measured side by side in one run.
 
 Per model: the CFG-free step (1 denoiser row, no negatives), the same with one negative through NAG (the family
-defaults), and plain CFG (2 denoiser rows). On SD3 and Flux also NAG with the whole-block pass (every guided block
-run once more per negative, image output discarded; what NAG did before the negative pass reused the positive's
-image projections, and still does for processors other than diffusers' own). Configurations run round-robin so
-that drift in machine load hits all alike; medians over steps and repeats. No asserts on time.
+defaults), and plain CFG (2 denoiser rows). On SD3 and Flux also NAG with the whole-block pass: every block up to
+the last guided one runs once more per negative, image output discarded (what NAG did before its negative pass
+reused the positive's image projections, and still does for processors other than diffusers' own). Configurations
+run round-robin so that drift in machine load hits all alike; medians over steps and repeats. No asserts on time.
 
 * tiny-* and bundled: whole pipeline calls (``PerpNegPipeline``, ``negative_mode="nag"``; CFG: guidance 5, Flux
   true CFG 4 with ``negative_prompt=""``), time per step from callback timestamps, steps 2..n of every repeat.
@@ -12,15 +12,16 @@ that drift in machine load hits all alike; medians over steps and repeats. No as
 * sd3-medium, flux, sd15: random-weight denoisers of realistic width and token counts, timed as bare forwards on
   fixed inputs (NAG through :class:`negguide.nag.hooks.NAGHandle`). sd3-medium: SD3-medium's transformer (width 1536,
   24 heads, patch 2, 333 text tokens = 77 CLIP + 256 T5) with ``--sd3-depth`` blocks (the last one context-only, as
-  in SD3); flux: FLUX.1's (width 3072, 24 heads, 512 text tokens) with ``--flux-depth`` joint and single blocks;
-  sd15: SD1.5's UNet. ``--px`` sets the image size (SD3 and Flux: (px / 16)^2 image tokens). Each block is timed too
-  (forward hooks), and so is every softmax attention (``torch.nn.functional.scaled_dot_product_attention``): the
-  second table splits NAG's extra time into the negatives' attention and the rest, per typical block (one whose
-  negative stream goes on to the next) and extrapolated to the full model depth (SD3-medium: 24 blocks; FLUX.1:
+  in SD3); flux: FLUX.1's (width 3072, 24 heads, 512 text tokens) with ``--flux-depth`` joint blocks and twice as
+  many single ones; sd15: SD1.5's UNet. ``--px`` sets the image size (SD3 and Flux: (px / 16)^2 image tokens). Each
+  block and every softmax attention (``torch.nn.functional.scaled_dot_product_attention``) is timed too, and one
+  extra forward per configuration counts its floating-point operations (work ratios, in brackets: immune to machine
+  load). The second table gives them per typical block (one whose negative stream goes on to the next), for the
+  last block, for the softmax attention, and extrapolated to the full model depth (SD3-medium: 24 blocks; FLUX.1:
   19 joint + 38 single).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/nag_speed.py --models tiny-sd tiny-sdxl tiny-sd3 tiny-flux
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/nag_speed.py --models sd3-medium flux sd15 --px 512 --repeats 3
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/nag_speed.py --models tiny-sd tiny-sdxl tiny-sd3 tiny-flux bundled
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/nag_speed.py --models sd3-medium sd15 --px 512 --repeats 3
 """
 
 from __future__ import annotations

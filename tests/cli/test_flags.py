@@ -71,7 +71,11 @@ def test_flags_equal_the_field_metadata(command):
             assert action.nargs == spec["length"], where
         expected = None if (command, action.dest) in UNSET else field_default(cls, name)
         assert action.default == expected, where
-        assert spec["help"].replace("%", "%%") in action.help or action.dest in ("size", "negative_weights", "nag_scale"), where
+        assert spec["help"].replace("%", "%%") in action.help or action.dest in (
+            "size",
+            "negative_weights",
+            "nag_scale",
+        ), where
     assert found == EXPECTED[command]
 
 
