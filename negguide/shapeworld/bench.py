@@ -80,7 +80,7 @@ SCENARIOS = {
         ),
     )
 }
-PLUGINS = ("negguide.shapeworld.bench_negtome",)  # modules that register more methods
+PLUGINS = ("negguide.shapeworld.bench_negtome", "negguide.shapeworld.bench_nag")  # modules that register more methods
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,25 @@ def test_warns_when_negative_prompt_meets_cfg_off(family):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NegativeIgnoredWarning)
         pipe(PROMPT, negative_prompt="a red circle", **kwargs(family, 4.0))
+
+
+def test_nag_composes_with_a_learned_negative_embedding_and_a_lora_in_one_call(monkeypatch):
+    """CFG on with a learned unconditional branch (a ReNeg embedding), a LoRA on the UNet, and the negatives
+    through NAG, in one call: each of the three changes the output, and NAG guides."""
+    from peft import LoraConfig
+
+    from negguide.reneg import null_embedding
+    from negguide.testing import tiny_pipeline
+
+    pipe = PerpNegPipeline.from_pipe(tiny_pipeline("sd"))  # its own modules: the LoRA stays out of other tests
+    learned = null_embedding(pipe, "sd", "a blue square").negative_kwargs()
+    both = dict(negatives=NEGATIVE, negative_mode="nag", **learned, **kwargs("sd", 4.0))
+    without_lora = pipe(PROMPT, **both).images
+    without_nag = pipe(PROMPT, **learned, **kwargs("sd", 4.0)).images
+    pipe.unet.add_adapter(LoraConfig(r=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    spy = NAGSpy(monkeypatch)
+    guided = pipe(PROMPT, **both).images
+    assert spy.active > 0
+    assert not torch.equal(guided, without_lora) and not torch.equal(without_lora, without_nag)
+    plain_u = pipe(PROMPT, negatives=NEGATIVE, negative_mode="nag", **kwargs("sd", 4.0)).images
+    assert not torch.equal(guided, plain_u)  # the learned unconditional branch is in use

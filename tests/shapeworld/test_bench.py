@@ -58,6 +58,13 @@ def test_overlap_plain_negative_removes_circle_but_not_better_on_red(overlap):
     assert mean(overlap, "plain negative", "prompt accuracy") <= mean(overlap, "perp-neg", "prompt accuracy")
 
 
+def test_the_cfg_free_rows_run_without_cfg_and_nag_changes_them(overlap, pipe, monkeypatch):
+    methods = overlap["scenarios"]["overlap"]["methods"]
+    assert {"none at CFG 1", "nag at CFG 1"} <= set(methods)
+    assert mean(overlap, "nag at CFG 1", "P(red)") >= 0.8  # the shared attribute stays
+    assert overlap["scenarios"]["overlap"]["methods"]["nag at CFG 1"] != methods["none at CFG 1"]
+
+
 def test_table_and_grids(overlap, tmp_path):
     table = markdown_table(overlap)
     assert "| perp-neg |" in table and "P(circle)" in table
