@@ -26,6 +26,7 @@ from diffusers import (
 )
 
 from negguide.core.call_checks import check_call, size_multiple
+from negguide.core.chunking import RowChunking, check_max_rows
 from negguide.core.families import (
     call_defaults,
     check_shared_embeds,
@@ -182,6 +183,7 @@ class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
         negtome_reference_masks=None,
         negative_mode: str = "auto",
         nag: NAGSettings | None = None,
+        max_rows_per_forward: int | None = None,
         **kwargs: Any,
     ):
         """Generate. All arguments of the family's diffusers pipeline are accepted with their usual meaning.
@@ -207,6 +209,9 @@ class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
                 NAG's scale ``s`` (``nag.negative_weights``, family default 2-4), not ``negative_weights`` (whose 0
                 still switches a negative off on both paths); ``negative_windows`` apply to both paths unless
                 ``nag.negative_windows`` is given.
+            max_rows_per_forward: memory bound: at most this many batch rows per denoiser forward (the K + 2 branch
+                rows of a step run in chunks, outputs concatenated; same result up to float noise, slower). None
+                (default): one forward per step. Not with ``negtome`` or NAG.
         """
         check_negative_mode(negative_mode, nag)
         if negtome is not None and not isinstance(negtome, NegToMeSettings):
@@ -226,6 +231,7 @@ class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
         inner = self.family_pipeline()
         call = self._check_call(inner, prompt, kwargs)
         settings, nag_settings = self._route(inner, call, settings, negative_mode, nag)
+        check_max_rows(max_rows_per_forward, negtome=negtome is not None, nag=nag_settings is not None)
         denoiser = getattr(self, get_adapter(self.family).denoiser_attr)
         if getattr(denoiser, "_negguide_negtome", None) is not None:
             raise ValueError(
@@ -234,7 +240,8 @@ class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
         if negtome is None:
             if negtome_reference_images is not None or negtome_reference_masks is not None:
                 raise ValueError("negtome_reference_images need negtome=NegToMeSettings(...) as well")
-            return self._generate(inner, call, settings, nag_settings)
+            with RowChunking(denoiser, max_rows_per_forward, get_adapter(self.family).latent_key):
+                return self._generate(inner, call, settings, nag_settings)
         from negguide.negtome.hooks import NegToMeHandle
 
         images = self._images_per_branch(call)
@@ -370,7 +377,8 @@ class PerpNegPipeline(FamilyMixins, DiffusionPipeline):
         if unknown:
             raise TypeError(
                 f"{type(inner).__name__} does not take {unknown}; negguide adds negatives, negative_weights, "
-                f"negative_windows, positives, positive_weights, guidance_mode, perp_neg_eps, negative_mode and nag"
+                f"negative_windows, positives, positive_weights, guidance_mode, perp_neg_eps, negative_mode, nag and "
+                f"max_rows_per_forward"
             )
         if (prompt is None) == (kwargs.get("prompt_embeds") is None):
             raise ValueError("give exactly one of prompt and prompt_embeds")
