@@ -78,7 +78,7 @@ def test_screenshot_shows_the_page_and_generated_images(server):
     screenshot(server, path)
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.int32)
     assert pixels.shape[:2] == (1400, 1400)
-    assert pixels.std() > 20, "the screenshot is blank"
+    assert pixels.std() > 10, "the screenshot is blank"  # a blank page is about 0; the page is mostly white
     colours = np.unique(pixels.reshape(-1, 3) // 8, axis=0)
     assert len(colours) > 200, f"only {len(colours)} distinct colours: not a rendered page"
     r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
